@@ -1,0 +1,40 @@
+"""Argument checks shared by the ops, raising the exception types torch raises."""
+import torch
+
+
+def check_tensor(t, name):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+
+
+def check_float_dtype(t, name, dtypes):
+    if t.dtype not in dtypes:
+        names = ", ".join(str(d).removeprefix("torch.") for d in dtypes)
+        raise TypeError(f"{name} must have a floating-point dtype ({names}), got {t.dtype}")
+
+
+def check_same_dtype_and_device(tensors: dict):
+    """All tensors (name -> tensor) share the first one's dtype and device."""
+    (first, ref), *rest = tensors.items()
+    for name, t in rest:
+        if t.dtype != ref.dtype:
+            raise RuntimeError(f"{name} has dtype {t.dtype} but {first} has dtype {ref.dtype}; they must match")
+        if t.device != ref.device:
+            raise RuntimeError(f"{name} is on {t.device} but {first} is on {ref.device}; they must match")
+
+
+def pair(value, name):
+    """An int or a sequence of one or two ints, as a pair (torch's expand_param_if_needed)."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if isinstance(value, int):
+        return (value, value)
+    if isinstance(value, (tuple, list, torch.Size)):
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+        if len(value) == 1:
+            return (value[0], value[0])
+        if len(value) == 2:
+            return tuple(value)
+        raise RuntimeError(f"{name} must be a single int or a list of 2 ints, got {name}={list(value)}")
+    raise TypeError(f"{name} must be an int or a pair of ints, got {type(value).__name__}")

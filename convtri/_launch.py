@@ -1,0 +1,102 @@
+"""Where and how a kernel runs: compiled and autotuned on CUDA, interpreted on CPU."""
+import contextlib
+import functools
+
+import numpy as np
+import torch
+import triton
+from triton.runtime.interpreter import InterpretedFunction, _patch_lang
+from triton.runtime.jit import JITFunction
+
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def is_interpreted(t: torch.Tensor) -> bool:
+    """CPU tensors run our kernels through Triton's interpreter."""
+    return t.device.type == "cpu"
+
+
+def dot_precision(t: torch.Tensor) -> str:
+    """tf32 for fp32 exactly when cuDNN would use it, so both sides share numerics."""
+    if t.dtype == torch.float32 and t.device.type == "cuda" and torch.backends.cudnn.allow_tf32:
+        return "tf32"
+    return "ieee"
+
+
+def dot_upcast(t: torch.Tensor) -> bool:
+    """The interpreter's bf16 dot is wrong (NOTES.md); widening fp16/bf16 there is exact."""
+    return is_interpreted(t) and t.dtype in LOW_PRECISION
+
+
+@functools.cache
+def _check_interpreter():
+    triton_version = tuple(int(v) for v in triton.__version__.split(".")[:2])
+    numpy_version = tuple(int(v) for v in np.__version__.split(".")[:2])
+    if triton_version < (3, 8) and numpy_version >= (2, 4):
+        raise RuntimeError(
+            f"convtri runs CPU tensors through Triton's interpreter, which in triton {triton.__version__} "
+            f"fails with numpy {np.__version__}; install numpy<2.4 or triton>=3.8")
+
+
+def check_device(*tensors: torch.Tensor) -> None:
+    for t in tensors:
+        if t.device.type not in ("cpu", "cuda"):
+            raise RuntimeError(f"convtri runs on CUDA and CPU tensors, got a tensor on {t.device}")
+
+
+@functools.cache
+def _interpreted(fn):
+    return InterpretedFunction(fn)
+
+
+@contextlib.contextmanager
+def _interpreting():
+    """Triton reads TRITON_INTERPRET once, when a function is decorated, so our kernels (and
+    triton.language's own helpers such as tl.cdiv) are compiled-mode JITFunctions. Inside
+    this context a call to any JITFunction from an interpreted kernel runs its interpreted
+    body, as it would have under TRITON_INTERPRET=1. Outside, such a call is an error anyway.
+    The interpreter's patches to triton.language are undone on exit, so that compiling for
+    a GPU later in the process sees the real language."""
+    patches = {}
+
+    def call_interpreted(self, *args, **kwargs):
+        if self.fn not in patches:  # what InterpretedFunction.__call__ does, but undone on exit
+            patches[self.fn] = _patch_lang(self.fn)
+        return _interpreted(self.fn).rewrite()(*args, **kwargs)
+
+    original = JITFunction.__call__
+    JITFunction.__call__ = call_interpreted
+    try:
+        yield
+    finally:
+        JITFunction.__call__ = original
+        for scope in reversed(patches.values()):
+            scope.restore()
+
+
+@functools.cache
+def _autotuned(kernel, capability, configs, key, prune):
+    """The autotuned launcher of ``kernel`` on one GPU architecture, built once."""
+    return triton.autotune(configs=list(configs(capability)), key=list(key),
+                           prune_configs_by={"early_config_prune": prune})(kernel)
+
+
+def launch(kernel, grid, *args, tensor, blocks, tuning=None, **meta):
+    """Launch ``kernel`` over ``grid`` (a callable of the meta-parameters) on ``tensor``'s device.
+
+    On CPU the interpreter runs it with ``blocks`` (large tiles: it runs one program at a time).
+    On CUDA, ``tuning`` = (configs, key, prune) autotunes the block sizes; without it the
+    kernel runs with ``blocks``. ``meta`` holds the constexpr flags.
+    """
+    if is_interpreted(tensor):
+        _check_interpreter()
+        with _interpreting():
+            _interpreted(kernel.fn)[grid](*args, **meta, **blocks)
+        return
+    with torch.cuda.device(tensor.device):
+        if tuning is None:
+            kernel[grid](*args, **meta, **blocks)
+        else:
+            capability = torch.cuda.get_device_capability(tensor.device)
+            _autotuned(kernel, capability, *tuning)[grid](*args, **meta)

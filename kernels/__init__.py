@@ -1,0 +1,1 @@
+"""Triton kernels of convtri and their autotune configs (installed as ``convtri.kernels``)."""

@@ -1,0 +1,412 @@
+"""conv2d kernels: implicit-GEMM forward, input gradient (dgrad), weight gradient (wgrad).
+
+Every tensor is read and written through its four strides, so NCHW, channels_last and
+sliced views need no copy. Conv parameters follow torch: output pixel (p, q) reads input
+rows ``h = p * conv_stride_h - pad_h + r * dil_h`` for kernel rows r (likewise columns).
+``PAD_MODE`` folds torch's padding modes into that index arithmetic: 0 zeros, 1 reflect,
+2 replicate, 3 circular. Accumulation is fp32 (fp64 for fp64 tensors).
+"""
+import triton
+import triton.language as tl
+
+
+
+PAD_ZEROS, PAD_REFLECT, PAD_REPLICATE, PAD_CIRCULAR = 0, 1, 2, 3
+
+
+@triton.jit
+def padded_index(i, size, PAD_MODE: tl.constexpr):
+    """Map coordinate ``i`` of the virtually padded input onto the input: (index, in_bounds)."""
+    if PAD_MODE == 1:  # reflect: -1 -> 1, size -> size - 2
+        i = tl.where(i < 0, -i, i)
+        i = tl.where(i >= size, 2 * size - 2 - i, i)
+    elif PAD_MODE == 2:  # replicate: clamp to the edge
+        i = tl.minimum(tl.maximum(i, 0), size - 1)
+    elif PAD_MODE == 3:  # circular: wrap around (torch allows padding <= size)
+        i = tl.where(i < 0, i + size, i)
+        i = tl.where(i >= size, i - size, i)
+    in_bounds = (i >= 0) & (i < size)  # only ever false for zero padding
+    return i, in_bounds
+
+
+@triton.jit
+def dot_operand(t, UPCAST: tl.constexpr):
+    """fp16/bf16 operands are widened in Triton's interpreter, whose bf16 dot is broken."""
+    if UPCAST:
+        t = t.to(tl.float32)
+    return t
+
+
+@triton.jit
+def conv2d_fwd_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr,
+    # sizes
+    N, C, H, W, K, P, Q, R, S, GROUPS,
+    # strides
+    stride_xn, stride_xc, stride_xh, stride_xw,
+    stride_wk, stride_wc, stride_wr, stride_ws,
+    stride_yn, stride_yk, stride_yp, stride_yq,
+    # conv parameters
+    conv_stride_h, conv_stride_w, pad_h, pad_w, dil_h, dil_w,
+    # flags
+    HAS_BIAS: tl.constexpr, PAD_MODE: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    """y[n, k, p, q] = b[k] + sum_{c, r, s} x[n, c, h(p, r), w(q, s)] * w[k, c, r, s].
+
+    Implicit GEMM per group: M = N*P*Q output pixels, N = K/GROUPS output channels,
+    reduced over (C/GROUPS)*R*S in the order (r, s, then channel blocks).
+    One program computes a BLOCK_M x BLOCK_N tile of y for one group.
+    Grid: (cdiv(N*P*Q, BLOCK_M) * cdiv(K/GROUPS, BLOCK_N), GROUPS), tiles in GROUP_M order.
+    x: (N, C, H, W), w: (K, C/GROUPS, R, S), b: (K,), y: (N, K, P, Q).
+    """
+    C_G = C // GROUPS
+    K_G = K // GROUPS
+    M = N * P * Q
+    tiles_m = tl.cdiv(M, BLOCK_M)
+    tiles_n = tl.cdiv(K_G, BLOCK_N)
+    pid = tl.program_id(0)
+    g = tl.program_id(1)
+    # grouped order: GROUP_M row tiles share their weight tiles in L2
+    width = GROUP_M * tiles_n
+    first_m = (pid // width) * GROUP_M
+    group_rows = tl.minimum(tiles_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % width) % group_rows
+    pid_n = (pid % width) // group_rows
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_ok = offs_m < M
+    n = offs_m // (P * Q)
+    p = (offs_m // Q) % P
+    q = offs_m % Q
+    offs_k = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    k_ok = offs_k < K_G
+    k_abs = g * K_G + offs_k
+    offs_c = tl.arange(0, BLOCK_K)
+
+    x_img = x_ptr + n.to(tl.int64) * stride_xn + (g * C_G).to(tl.int64) * stride_xc
+    w_row = w_ptr + k_abs.to(tl.int64) * stride_wk
+    ACC_TYPE = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_TYPE)
+    for rs in range(0, R * S):
+        r = rs // S
+        s = rs % S
+        ih, h_ok = padded_index(p * conv_stride_h - pad_h + r * dil_h, H, PAD_MODE)
+        iw, w_ok = padded_index(q * conv_stride_w - pad_w + s * dil_w, W, PAD_MODE)
+        pix_ok = m_ok & h_ok & w_ok
+        x_pix = x_img + ih.to(tl.int64) * stride_xh + iw.to(tl.int64) * stride_xw
+        w_rs = w_row + r * stride_wr + s * stride_ws
+        for c0 in range(0, C_G, BLOCK_K):
+            c = c0 + offs_c
+            c_ok = c < C_G
+            a = tl.load(x_pix[:, None] + c[None, :] * stride_xc, mask=pix_ok[:, None] & c_ok[None, :], other=0.)
+            b = tl.load(w_rs[None, :] + c[:, None] * stride_wc, mask=c_ok[:, None] & k_ok[None, :], other=0.)
+            acc = tl.dot(dot_operand(a, UPCAST), dot_operand(b, UPCAST), acc, input_precision=PRECISION)
+
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + k_abs, mask=k_ok, other=0.)
+        acc += bias.to(ACC_TYPE)[None, :]
+    y_pix = y_ptr + n.to(tl.int64) * stride_yn + p.to(tl.int64) * stride_yp + q.to(tl.int64) * stride_yq
+    y_ptrs = y_pix[:, None] + k_abs.to(tl.int64)[None, :] * stride_yk
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & k_ok[None, :])
+
+
+@triton.jit
+def conv2d_dgrad_kernel(
+    dy_ptr, w_ptr, dx_ptr,
+    # sizes
+    N, C, H, W, K, P, Q, R, S, GROUPS,
+    # strides
+    stride_dyn, stride_dyk, stride_dyp, stride_dyq,
+    stride_wk, stride_wc, stride_wr, stride_ws,
+    stride_dxn, stride_dxc, stride_dxh, stride_dxw,
+    # conv parameters
+    conv_stride_h, conv_stride_w, pad_h, pad_w, dil_h, dil_w,
+    # flags
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """dx[n, c, h, w] = sum_{k, r, s} dy[n, k, p, q] * w[k, c, r, s] over h = p*stride - pad + r*dil.
+
+    Gather form, decomposed by stride phase so that no zero of a strided gradient is read:
+    a program owns input pixels with h % conv_stride_h == phase_h (likewise w), and only
+    the kernel taps (r, s) that land on that phase contribute, each to output row
+    p = (h + pad_h - r*dil_h) / conv_stride_h exactly.
+    Implicit GEMM per (group, phase): M = N*cdiv(H, sh)*cdiv(W, sw) input pixels,
+    N = C/GROUPS input channels, reduced over (K/GROUPS)*R*S.
+    One program computes a BLOCK_M x BLOCK_N tile of dx.
+    Grid: (cdiv(M, BLOCK_M) * cdiv(C/GROUPS, BLOCK_N), GROUPS, conv_stride_h * conv_stride_w).
+    dy: (N, K, P, Q), w: (K, C/GROUPS, R, S), dx: (N, C, H, W).
+    """
+    C_G = C // GROUPS
+    K_G = K // GROUPS
+    H_PH = tl.cdiv(H, conv_stride_h)  # rows per phase, at most
+    W_PH = tl.cdiv(W, conv_stride_w)
+    M = N * H_PH * W_PH
+    tiles_m = tl.cdiv(M, BLOCK_M)
+    pid_m = tl.program_id(0) % tiles_m
+    pid_n = tl.program_id(0) // tiles_m
+    g = tl.program_id(1)
+    phase = tl.program_id(2)
+    phase_h = phase // conv_stride_w
+    phase_w = phase % conv_stride_w
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    n = offs_m // (H_PH * W_PH)
+    i = (offs_m // W_PH) % H_PH
+    j = offs_m % W_PH
+    h = phase_h + i * conv_stride_h
+    w = phase_w + j * conv_stride_w
+    pix_ok = (offs_m < M) & (h < H) & (w < W)
+    offs_c = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    c_ok = offs_c < C_G
+    offs_k = tl.arange(0, BLOCK_K)
+
+    dy_img = dy_ptr + n.to(tl.int64) * stride_dyn + (g * K_G).to(tl.int64) * stride_dyk
+    w_col = w_ptr + (g * K_G).to(tl.int64) * stride_wk + offs_c * stride_wc
+    ACC_TYPE = tl.float64 if dy_ptr.dtype.element_ty == tl.float64 else tl.float32
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_TYPE)
+    # Offsets that keep the scalar % and // below on non-negative numbers.
+    lift_h = conv_stride_h * R * dil_h
+    lift_w = conv_stride_w * S * dil_w
+    for rs in range(0, R * S):
+        r = rs // S
+        s = rs % S
+        top = phase_h + pad_h - r * dil_h + lift_h  # (h + pad_h - r*dil_h) for i = 0, lifted
+        left = phase_w + pad_w - s * dil_w + lift_w
+        if (top % conv_stride_h == 0) & (left % conv_stride_w == 0):
+            p = i + (top // conv_stride_h - R * dil_h)
+            q = j + (left // conv_stride_w - S * dil_w)
+            row_ok = pix_ok & (p >= 0) & (p < P) & (q >= 0) & (q < Q)
+            dy_pix = dy_img + p.to(tl.int64) * stride_dyp + q.to(tl.int64) * stride_dyq
+            w_rs = w_col + r * stride_wr + s * stride_ws
+            for k0 in range(0, K_G, BLOCK_K):
+                k = k0 + offs_k
+                k_ok = k < K_G
+                a = tl.load(dy_pix[:, None] + k[None, :] * stride_dyk, mask=row_ok[:, None] & k_ok[None, :], other=0.)
+                b = tl.load(w_rs[None, :] + k[:, None].to(tl.int64) * stride_wk, mask=k_ok[:, None] & c_ok[None, :],
+                            other=0.)
+                acc = tl.dot(dot_operand(a, UPCAST), dot_operand(b, UPCAST), acc, input_precision=PRECISION)
+
+    dx_pix = dx_ptr + n.to(tl.int64) * stride_dxn + h.to(tl.int64) * stride_dxh + w.to(tl.int64) * stride_dxw
+    dx_ptrs = dx_pix[:, None] + (g * C_G + offs_c).to(tl.int64)[None, :] * stride_dxc
+    tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=pix_ok[:, None] & c_ok[None, :])
+
+
+@triton.jit
+def conv2d_wgrad_kernel(
+    x_ptr, dy_ptr, dw_part_ptr, db_part_ptr,
+    # sizes
+    N, C, H, W, K, P, Q, R, S, GROUPS, SPLIT,
+    # strides
+    stride_xn, stride_xc, stride_xh, stride_xw,
+    stride_dyn, stride_dyk, stride_dyp, stride_dyq,
+    # conv parameters
+    conv_stride_h, conv_stride_w, pad_h, pad_w, dil_h, dil_w,
+    # flags
+    WEIGHT_GRAD: tl.constexpr, BIAS_GRAD: tl.constexpr, PAD_MODE: tl.constexpr, PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """Partial weight and/or bias gradients over one of SPLIT slices of the N*P*Q reduction.
+
+    dw_part[split, k, c, r, s] = sum_{(n, p, q) in slice} dy[n, k, p, q] * x[n, c, h(p, r), w(q, s)]
+    db_part[split, k] = sum_{(n, p, q) in slice} dy[n, k, p, q]  (BIAS_GRAD only)
+    GEMM per (group, r, s): M = K/GROUPS, N = C/GROUPS, reduced over the slice.
+    One program computes a BLOCK_M x BLOCK_N tile for one (r, s, slice, group); the programs
+    with the first channel tile at r = s = 0 also reduce dy for the bias.
+    Grid: (cdiv(K/GROUPS, BLOCK_M) * cdiv(C/GROUPS, BLOCK_N) * R*S, SPLIT, GROUPS), or
+    (cdiv(K/GROUPS, BLOCK_M), SPLIT, GROUPS) for the bias alone (not WEIGHT_GRAD).
+    x: (N, C, H, W), dy: (N, K, P, Q), dw_part: (SPLIT, K, C/GROUPS, R, S) contiguous fp32
+    (fp64 for fp64), db_part: (SPLIT, K) likewise. ``conv2d_sum_splits_kernel`` finishes them.
+    """
+    C_G = C // GROUPS
+    K_G = K // GROUPS
+    tiles_m = tl.cdiv(K_G, BLOCK_M)
+    tiles_n = tl.cdiv(C_G, BLOCK_N)
+    pid = tl.program_id(0)
+    pid_m = pid % tiles_m
+    pid_n = (pid // tiles_m) % tiles_n
+    rs = pid // (tiles_m * tiles_n)
+    g = tl.program_id(2)
+    r = rs // S
+    s = rs % S
+    split = tl.program_id(1)
+    NPQ = N * P * Q
+    chunk = tl.cdiv(NPQ, SPLIT)
+    start = split * chunk
+    end = tl.minimum(start + chunk, NPQ)
+
+    offs_k = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    k_ok = offs_k < K_G
+    k_abs = g * K_G + offs_k
+    offs_c = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    c_ok = offs_c < C_G
+    c_abs = g * C_G + offs_c
+    offs_j = tl.arange(0, BLOCK_K)
+
+    ACC_TYPE = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_TYPE)
+    db_acc = tl.zeros((BLOCK_M,), dtype=ACC_TYPE)
+    for j0 in range(start, end, BLOCK_K):
+        j = j0 + offs_j
+        j_ok = j < end
+        n = j // (P * Q)
+        p = (j // Q) % P
+        q = j % Q
+        dy_pix = dy_ptr + n.to(tl.int64) * stride_dyn + p.to(tl.int64) * stride_dyp + q.to(tl.int64) * stride_dyq
+        a = tl.load(dy_pix[None, :] + k_abs.to(tl.int64)[:, None] * stride_dyk, mask=k_ok[:, None] & j_ok[None, :],
+                    other=0.)
+        if WEIGHT_GRAD:
+            ih, h_ok = padded_index(p * conv_stride_h - pad_h + r * dil_h, H, PAD_MODE)
+            iw, w_ok = padded_index(q * conv_stride_w - pad_w + s * dil_w, W, PAD_MODE)
+            x_pix = x_ptr + n.to(tl.int64) * stride_xn + ih.to(tl.int64) * stride_xh + iw.to(tl.int64) * stride_xw
+            pix_ok = j_ok & h_ok & w_ok
+            b = tl.load(x_pix[:, None] + c_abs.to(tl.int64)[None, :] * stride_xc,
+                        mask=pix_ok[:, None] & c_ok[None, :], other=0.)
+            acc = tl.dot(dot_operand(a, UPCAST), dot_operand(b, UPCAST), acc, input_precision=PRECISION)
+        if BIAS_GRAD:
+            db_acc += tl.sum(a.to(ACC_TYPE), axis=1)
+
+    if WEIGHT_GRAD:
+        # dw_part is contiguous (SPLIT, K, C_G, R, S)
+        part = dw_part_ptr + split.to(tl.int64) * K * C_G * R * S
+        ptrs = part + (k_abs.to(tl.int64)[:, None] * C_G + offs_c[None, :]) * (R * S) + rs
+        tl.store(ptrs, acc, mask=k_ok[:, None] & c_ok[None, :])
+    if BIAS_GRAD:
+        tl.store(db_part_ptr + split * K + k_abs, db_acc, mask=k_ok & (pid_n == 0) & (rs == 0))
+
+
+@triton.jit
+def conv2d_sum_splits_kernel(
+    part_ptr, out_ptr,
+    # sizes: out is (D0, D1, D2, D3); part is contiguous (SPLIT, D0, D1, D2, D3)
+    SPLIT, D0, D1, D2, D3,
+    # strides
+    stride_o0, stride_o1, stride_o2, stride_o3,
+    BLOCK: tl.constexpr,
+):
+    """out = sum of part over its leading SPLIT axis, in a fixed order (deterministic).
+
+    One program reduces BLOCK consecutive elements of the logical (D0, D1, D2, D3) index.
+    Grid: (cdiv(D0*D1*D2*D3, BLOCK),).
+    """
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    numel = D0 * D1 * D2 * D3
+    ok = offs < numel
+    total = tl.zeros((BLOCK,), dtype=part_ptr.dtype.element_ty)
+    for split in range(0, SPLIT):
+        total += tl.load(part_ptr + split * numel + offs, mask=ok, other=0.)
+    i3 = offs % D3
+    i2 = (offs // D3) % D2
+    i1 = (offs // (D3 * D2)) % D1
+    i0 = offs // (D3 * D2 * D1)
+    out_ptrs = out_ptr + i0 * stride_o0 + i1 * stride_o1 + i2 * stride_o2 + i3 * stride_o3
+    tl.store(out_ptrs, total.to(out_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def pad_fold_kernel(
+    gp_ptr, gx_ptr,
+    # sizes: gx is (N, C, H, W); gp is (N, C, HP, WP), padded by pad_h rows on top, pad_w on the left
+    N, C, H, W, HP, WP,
+    # strides
+    stride_gpn, stride_gpc, stride_gph, stride_gpw,
+    stride_gxn, stride_gxc, stride_gxh, stride_gxw,
+    # padding (top, left)
+    pad_h, pad_w,
+    PAD_MODE: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """Gradient through reflect/replicate/circular padding: gx[h, w] sums gp over the padded
+    positions that ``padded_index`` maps onto (h, w).
+
+    The padded positions mapping onto input row h are h + pad_h itself and some of the
+    HP - H border rows, so each element checks those HP - H + 1 candidates per axis.
+    One program folds BLOCK elements of the logical (N, C, H, W) index.
+    Grid: (cdiv(N*C*H*W, BLOCK),).
+    """
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < N * C * H * W
+    w = (offs % W).to(tl.int32)
+    h = ((offs // W) % H).to(tl.int32)
+    c = (offs // (W * H)) % C
+    n = offs // (W * H * C)
+    gp_img = gp_ptr + n * stride_gpn + c * stride_gpc
+    ACC_TYPE = tl.float64 if gp_ptr.dtype.element_ty == tl.float64 else tl.float32
+    total = tl.zeros((BLOCK,), dtype=ACC_TYPE)
+    for jh in range(0, HP - H + 1):
+        # candidate 0 is the interior row; 1..pad_h the top border; the rest the bottom border
+        hp = tl.where(jh == 0, h + pad_h, tl.where(jh <= pad_h, jh - 1, H + jh - 1))
+        h_src, _ = padded_index(hp - pad_h, H, PAD_MODE)
+        for jw in range(0, WP - W + 1):
+            wp = tl.where(jw == 0, w + pad_w, tl.where(jw <= pad_w, jw - 1, W + jw - 1))
+            w_src, _ = padded_index(wp - pad_w, W, PAD_MODE)
+            hit = ok & (h_src == h) & (w_src == w)
+            g = tl.load(gp_img + hp.to(tl.int64) * stride_gph + wp.to(tl.int64) * stride_gpw, mask=hit, other=0.)
+            total += g.to(ACC_TYPE)
+    gx_ptrs = gx_ptr + n * stride_gxn + c * stride_gxc + h.to(tl.int64) * stride_gxh + w.to(tl.int64) * stride_gxw
+    tl.store(gx_ptrs, total.to(gx_ptr.dtype.element_ty), mask=ok)
+
+
+# ---------------------------------------------------------------------------------------
+# Autotune configs (CUDA). Keys hold only what changes the best config: the problem shape.
+# ---------------------------------------------------------------------------------------
+CONV_KEY = ("N", "C", "H", "W", "K", "P", "Q", "R", "S", "GROUPS")
+
+
+def _gemm_configs(capability, with_group_m):
+    """Tile shapes for the three implicit GEMMs. sm_90 has 228 KB of shared memory per SM
+    and affords deeper pipelines than sm_80 (164 KB)."""
+    stages = (3, 4) if capability >= (9, 0) else (2, 3)
+    shapes = [  # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps)
+        (128, 128, 32, 8), (128, 64, 32, 4), (64, 128, 32, 4), (64, 64, 32, 4),
+        (128, 32, 32, 4), (64, 32, 32, 4), (32, 32, 32, 4), (128, 16, 32, 4), (64, 16, 16, 4),
+    ]
+    group = {"GROUP_M": 8} if with_group_m else {}
+    return tuple(
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, **group}, num_warps=warps, num_stages=st)
+        for bm, bn, bk, warps in shapes for st in stages)
+
+
+def _prune_to_problem(m_arg, n_arg, k_arg):
+    """Drop configs whose tile is far larger than the GEMM dimension it covers (a 64-wide
+    tile on 6 channels wastes 90% of its work); keep at least the smallest config."""
+    def prune(configs, named_args, **kwargs):
+        m, n, k = (arg(named_args) for arg in (m_arg, n_arg, k_arg))
+        def fits(cfg):
+            b = cfg.kwargs
+            return (b["BLOCK_M"] <= max(16, 2 * triton.next_power_of_2(m))
+                    and b["BLOCK_N"] <= max(16, 2 * triton.next_power_of_2(n))
+                    and b["BLOCK_K"] <= max(16, 2 * triton.next_power_of_2(k)))
+        kept = [c for c in configs if fits(c)]
+        return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
+    return prune
+
+
+def _c_per_group(a):
+    return a["C"] // a["GROUPS"]
+
+
+def _k_per_group(a):
+    return a["K"] // a["GROUPS"]
+
+
+def conv2d_fwd_configs(capability):
+    return _gemm_configs(capability, with_group_m=True)
+
+
+conv2d_fwd_prune = _prune_to_problem(lambda a: a["N"] * a["P"] * a["Q"], _k_per_group, _c_per_group)
+
+
+def conv2d_dgrad_configs(capability):
+    return _gemm_configs(capability, with_group_m=False)
+
+
+conv2d_dgrad_prune = _prune_to_problem(lambda a: a["N"] * a["H"] * a["W"], _c_per_group, _k_per_group)
+
+
+def conv2d_wgrad_configs(capability):
+    return _gemm_configs(capability, with_group_m=False)
+
+
+conv2d_wgrad_prune = _prune_to_problem(_k_per_group, _c_per_group, lambda a: a["N"] * a["P"] * a["Q"])
