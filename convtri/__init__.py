@@ -1,5 +1,6 @@
 """convtri: 2-D convolution and pooling as hand-written Triton kernels, forward and backward."""
 from convtri.conv2d import conv2d, corr2d
+from convtri.pool2d import adaptive_avg_pool2d, avg_pool2d, max_pool2d
 from convtri import nn
 
-__all__ = ["conv2d", "corr2d", "nn"]
+__all__ = ["conv2d", "corr2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "nn"]

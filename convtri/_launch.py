@@ -8,8 +8,39 @@ import triton
 from triton.runtime.interpreter import InterpretedFunction, _patch_lang
 from triton.runtime.jit import JITFunction
 
+# Interpreter tiles: it runs one program at a time, and each tl op costs ~0.1 ms of Python
+# before numpy starts, so few programs with tiles up to Triton's limit win.
+INTERPRETER_TILE_NUMEL = 1 << 20  # Triton's maximum elements in one block
+INTERPRETER_CHANNELS = 128  # channel columns of a tile
+
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def block(n, cap):
+    """The power-of-two block covering n, at most cap."""
+    return min(triton.next_power_of_2(max(n, 1)), cap)
+
+
+def suggest_memory_format(t):
+    """torch's Tensor.suggest_memory_format for a 4-D tensor (c10's is_channels_last_strides_2d):
+    outputs and input gradients take this format, as torch's do."""
+    sizes, strides = t.shape, t.stride()
+    if strides[1] == 0:
+        return torch.contiguous_format
+    smallest = 0
+    for d in (1, 3, 2, 0):
+        if sizes[d] == 0 or strides[d] < smallest:
+            return torch.contiguous_format
+        if d == 0 and smallest == strides[1]:  # N111-like: ambiguous, NCHW by default
+            return torch.contiguous_format
+        smallest = strides[d] * sizes[d] if sizes[d] > 1 else strides[d]
+    return torch.channels_last
+
+
+def empty(shape, memory_format, like, dtype=None):
+    """An uninitialised tensor on ``like``'s device, in its dtype unless ``dtype`` is given."""
+    return torch.empty(shape, dtype=dtype or like.dtype, device=like.device, memory_format=memory_format)
 
 
 def is_interpreted(t: torch.Tensor) -> bool:

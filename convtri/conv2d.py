@@ -5,18 +5,15 @@ import torch
 import triton
 
 from convtri import _args
-from convtri._launch import FLOAT_DTYPES, check_device, dot_precision, dot_upcast, is_interpreted, launch
+from convtri._launch import (FLOAT_DTYPES, INTERPRETER_CHANNELS, INTERPRETER_TILE_NUMEL, block, check_device,
+                             dot_precision, dot_upcast, empty, is_interpreted, launch, suggest_memory_format)
 from convtri.kernels import conv2d as kernels
 
 PAD_MODES = {"zeros": kernels.PAD_ZEROS, "reflect": kernels.PAD_REFLECT,
              "replicate": kernels.PAD_REPLICATE, "circular": kernels.PAD_CIRCULAR}
 MAX_GRID_YZ = 65535  # CUDA's limit on grid axes 1 and 2
-# Interpreter tiles: it runs one program at a time, and each tl op costs ~0.1 ms of Python
-# before numpy starts, so few programs with tiles up to Triton's limit win.
-INTERPRETER_TILE_NUMEL = 1 << 20  # Triton's maximum elements in one block
-INTERPRETER_CHANNELS = 128  # channel columns of a tile
 INTERPRETER_REDUCTION_CHANNELS = 64  # channels reduced per dot
-ELEMENTWISE_BLOCK_CUDA = 1024
+ELEMENTWISE_BLOCK_CUDA = 512  # 4 warps x 4 elements; at 8, ptxas spills the 64-bit offsets (sm_90)
 ELEMENTWISE_BLOCK_CPU = 1 << 16
 WGRAD_MIN_ROWS_PER_SPLIT = 512  # an N*P*Q slice below this costs more in partials than it saves
 WGRAD_MAX_PARTIAL_BYTES = 256 << 20  # bound on the fp32 partials of the split reduction
@@ -38,17 +35,9 @@ class ConvGeometry:
         return p, q
 
 
-def _block(n, cap):
-    return min(triton.next_power_of_2(max(n, 1)), cap)
-
-
 def _rows_block(rows, *widths):
     """The interpreter's block over a pixel axis, as long as tiles of ``widths`` columns allow."""
-    return _block(rows, INTERPRETER_TILE_NUMEL // max(widths))
-
-
-def _is_channels_last(t):
-    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+    return block(rows, INTERPRETER_TILE_NUMEL // max(widths))
 
 
 def _elementwise_block(t):
@@ -95,8 +84,9 @@ def parse_conv2d_args(input, weight, bias, stride, padding, dilation, groups, pa
     if c != c_per_group * groups:
         raise RuntimeError(f"conv2d: given groups={groups} and weight of size {list(weight.shape)}, expected "
                            f"input to have {c_per_group * groups} channels, got {c} channels")
-    if groups > MAX_GRID_YZ:
-        raise RuntimeError(f"conv2d: groups={groups} exceeds the supported maximum of {MAX_GRID_YZ}")
+    if groups > MAX_GRID_YZ or stride[0] * stride[1] > MAX_GRID_YZ:
+        raise RuntimeError(f"conv2d: groups={groups} and stride={stride} (its product) must not exceed "
+                           f"{MAX_GRID_YZ}, a grid axis of our kernels")
     if bias is not None and tuple(bias.shape) != (k,):
         raise RuntimeError(f"conv2d: expected bias to be 1-D with {k} elements, got bias of size "
                            f"{list(bias.shape)}")
@@ -139,15 +129,16 @@ def conv2d_forward(x, w, b, geom):
     n, c, h, wd = x.shape
     k, _, r, s = w.shape
     p, q = geom.output_size(h, wd, r, s)
-    fmt = torch.channels_last if _is_channels_last(x) or _is_channels_last(w) else torch.contiguous_format
-    y = torch.empty((n, k, p, q), dtype=x.dtype, device=x.device, memory_format=fmt)
+    # torch's rule: channels_last if the input or the weight suggests it
+    channels_last = torch.channels_last in (suggest_memory_format(x), suggest_memory_format(w))
+    y = empty((n, k, p, q), torch.channels_last if channels_last else torch.contiguous_format, x)
     if y.numel() == 0:
         return y
     top, _, left, _ = geom.padding
     groups = geom.groups
     # One program: a BLOCK_M (output pixels) x BLOCK_N (output channels) tile of y, one group.
     grid = lambda meta: (triton.cdiv(n * p * q, meta["BLOCK_M"]) * triton.cdiv(k // groups, meta["BLOCK_N"]), groups)
-    block_n, block_k = _block(k // groups, INTERPRETER_CHANNELS), _block(c // groups, INTERPRETER_REDUCTION_CHANNELS)
+    block_n, block_k = block(k // groups, INTERPRETER_CHANNELS), block(c // groups, INTERPRETER_REDUCTION_CHANNELS)
     blocks = dict(BLOCK_M=_rows_block(n * p * q, block_n, block_k), BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=1)
     launch(kernels.conv2d_fwd_kernel, grid,
            x, w, b if b is not None else y, y,
@@ -160,17 +151,17 @@ def conv2d_forward(x, w, b, geom):
     return y
 
 
-def conv2d_dgrad(dy, w, x_shape, x_channels_last, geom):
+def conv2d_dgrad(dy, w, x_shape, x_format, geom):
     """dx of conv2d for 4-D dy; zero padding directly, other padding modes through pad_fold."""
     if geom.pad_mode == kernels.PAD_ZEROS:
-        return _dgrad_zero_padding(dy, w, x_shape, x_channels_last, geom, dy.dtype)
+        return _dgrad_zero_padding(dy, w, x_shape, x_format, geom, dy.dtype)
     n, c, h, wd = x_shape
     top, bottom, left, right = geom.padding
     hp, wp = h + top + bottom, wd + left + right
     unpadded = ConvGeometry(geom.stride, (0, 0, 0, 0), geom.dilation, geom.groups)
     accumulator = torch.float64 if dy.dtype == torch.float64 else torch.float32
-    dx_padded = _dgrad_zero_padding(dy, w, (n, c, hp, wp), False, unpadded, accumulator)
-    dx = _empty(x_shape, dy, x_channels_last)
+    dx_padded = _dgrad_zero_padding(dy, w, (n, c, hp, wp), torch.contiguous_format, unpadded, accumulator)
+    dx = empty(x_shape, x_format, dy)
     # One program: BLOCK elements of dx, each summing the padded positions that map onto it.
     grid = lambda meta: (triton.cdiv(dx.numel(), meta["BLOCK"]),)
     launch(kernels.pad_fold_kernel, grid, dx_padded, dx, n, c, h, wd, hp, wp,
@@ -179,16 +170,11 @@ def conv2d_dgrad(dy, w, x_shape, x_channels_last, geom):
     return dx
 
 
-def _empty(shape, like, channels_last, dtype=None):
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return torch.empty(shape, dtype=dtype or like.dtype, device=like.device, memory_format=fmt)
-
-
-def _dgrad_zero_padding(dy, w, x_shape, x_channels_last, geom, dtype):
+def _dgrad_zero_padding(dy, w, x_shape, x_format, geom, dtype):
     n, c, h, wd = x_shape
     k, _, r, s = w.shape
     p, q = dy.shape[2:]
-    dx = _empty(x_shape, dy, x_channels_last, dtype)
+    dx = empty(x_shape, x_format, dy, dtype)
     if dx.numel() == 0:
         return dx
     groups = geom.groups
@@ -198,7 +184,7 @@ def _dgrad_zero_padding(dy, w, x_shape, x_channels_last, geom, dtype):
     # One program: a BLOCK_M (input pixels of one stride phase) x BLOCK_N (input channels) tile of dx.
     grid = lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]) * triton.cdiv(c // groups, meta["BLOCK_N"]),
                          groups, sh * sw)
-    block_n, block_k = _block(c // groups, INTERPRETER_CHANNELS), _block(k // groups, INTERPRETER_REDUCTION_CHANNELS)
+    block_n, block_k = block(c // groups, INTERPRETER_CHANNELS), block(k // groups, INTERPRETER_REDUCTION_CHANNELS)
     blocks = dict(BLOCK_M=_rows_block(rows, block_n, block_k), BLOCK_N=block_n, BLOCK_K=block_k)
     launch(kernels.conv2d_dgrad_kernel, grid,
            dy, w, dx,
@@ -220,7 +206,7 @@ def _wgrad_splits(x, rows, weight_numel):
     wanted = triton.cdiv(4 * sms * 64 * 64, max(weight_numel, 1))  # 4 waves of 64x64 tiles
     by_rows = max(1, rows // WGRAD_MIN_ROWS_PER_SPLIT)
     by_memory = max(1, WGRAD_MAX_PARTIAL_BYTES // (8 * max(weight_numel, 1)))
-    return max(1, min(wanted, by_rows, by_memory))
+    return max(1, min(wanted, by_rows, by_memory, MAX_GRID_YZ))
 
 
 def conv2d_wgrad(x, dy, w, geom, weight_grad, bias_grad):
@@ -242,7 +228,7 @@ def conv2d_wgrad(x, dy, w, geom, weight_grad, bias_grad):
     # (r, s), one slice of N*P*Q and one group; the bias alone needs one tap and one column.
     grid = lambda meta: (triton.cdiv(k // groups, meta["BLOCK_M"]) * taps
                          * (triton.cdiv(c_per_group, meta["BLOCK_N"]) if weight_grad else 1), splits, groups)
-    block_m, block_n = _block(k // groups, INTERPRETER_CHANNELS), _block(c_per_group, INTERPRETER_CHANNELS)
+    block_m, block_n = block(k // groups, INTERPRETER_CHANNELS), block(c_per_group, INTERPRETER_CHANNELS)
     blocks = dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=_rows_block(rows, block_m, block_n))
     launch(kernels.conv2d_wgrad_kernel, grid,
            x, dy, dw_part, db_part,
@@ -285,7 +271,7 @@ class Conv2dFunction(torch.autograd.Function):
         needs_dx, needs_dw, needs_db, _ = ctx.needs_input_grad
         dx = dw = db = None
         if needs_dx:
-            dx = conv2d_dgrad(dy, w, x.shape, _is_channels_last(x), ctx.geom)
+            dx = conv2d_dgrad(dy, w, x.shape, suggest_memory_format(x), ctx.geom)
         if needs_dw or needs_db:
             dw, db = conv2d_wgrad(x, dy, w, ctx.geom, needs_dw, needs_db)
         return dx, dw, db, None

@@ -3,6 +3,7 @@ repr are torch's, while forward runs convtri's kernels."""
 import torch
 
 from convtri.conv2d import conv2d
+from convtri.pool2d import adaptive_avg_pool2d, avg_pool2d, max_pool2d
 
 
 class Conv2d(torch.nn.Conv2d):
@@ -12,3 +13,26 @@ class Conv2d(torch.nn.Conv2d):
     def forward(self, input):
         return conv2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
                       padding_mode=self.padding_mode)
+
+
+class MaxPool2d(torch.nn.MaxPool2d):
+    """``torch.nn.MaxPool2d`` on convtri's kernels."""
+
+    def forward(self, input):
+        return max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation,
+                          ceil_mode=self.ceil_mode, return_indices=self.return_indices)
+
+
+class AvgPool2d(torch.nn.AvgPool2d):
+    """``torch.nn.AvgPool2d`` on convtri's kernels."""
+
+    def forward(self, input):
+        return avg_pool2d(input, self.kernel_size, self.stride, self.padding, self.ceil_mode,
+                          self.count_include_pad, self.divisor_override)
+
+
+class AdaptiveAvgPool2d(torch.nn.AdaptiveAvgPool2d):
+    """``torch.nn.AdaptiveAvgPool2d`` on convtri's kernels (output_size 1: global average pooling)."""
+
+    def forward(self, input):
+        return adaptive_avg_pool2d(input, self.output_size)

@@ -88,7 +88,9 @@ def conv2d_fwd_kernel(
     w_row = w_ptr + k_abs.to(tl.int64) * stride_wk
     ACC_TYPE = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_TYPE)
-    for rs in range(0, R * S):
+    c_blocks = tl.cdiv(C_G, BLOCK_K)
+    for step in range(0, R * S * c_blocks):  # one loop over (r, s, channel block) pipelines best
+        rs = step // c_blocks
         r = rs // S
         s = rs % S
         ih, h_ok = padded_index(p * conv_stride_h - pad_h + r * dil_h, H, PAD_MODE)
@@ -96,12 +98,11 @@ def conv2d_fwd_kernel(
         pix_ok = m_ok & h_ok & w_ok
         x_pix = x_img + ih.to(tl.int64) * stride_xh + iw.to(tl.int64) * stride_xw
         w_rs = w_row + r * stride_wr + s * stride_ws
-        for c0 in range(0, C_G, BLOCK_K):
-            c = c0 + offs_c
-            c_ok = c < C_G
-            a = tl.load(x_pix[:, None] + c[None, :] * stride_xc, mask=pix_ok[:, None] & c_ok[None, :], other=0.)
-            b = tl.load(w_rs[None, :] + c[:, None] * stride_wc, mask=c_ok[:, None] & k_ok[None, :], other=0.)
-            acc = tl.dot(dot_operand(a, UPCAST), dot_operand(b, UPCAST), acc, input_precision=PRECISION)
+        c = (step % c_blocks) * BLOCK_K + offs_c
+        c_ok = c < C_G
+        a = tl.load(x_pix[:, None] + c[None, :] * stride_xc, mask=pix_ok[:, None] & c_ok[None, :], other=0.)
+        b = tl.load(w_rs[None, :] + c[:, None] * stride_wc, mask=c_ok[:, None] & k_ok[None, :], other=0.)
+        acc = tl.dot(dot_operand(a, UPCAST), dot_operand(b, UPCAST), acc, input_precision=PRECISION)
 
     if HAS_BIAS:
         bias = tl.load(b_ptr + k_abs, mask=k_ok, other=0.)
@@ -274,7 +275,8 @@ def conv2d_wgrad_kernel(
         ptrs = part + (k_abs.to(tl.int64)[:, None] * C_G + offs_c[None, :]) * (R * S) + rs
         tl.store(ptrs, acc, mask=k_ok[:, None] & c_ok[None, :])
     if BIAS_GRAD:
-        tl.store(db_part_ptr + split * K + k_abs, db_acc, mask=k_ok & (pid_n == 0) & (rs == 0))
+        if (pid_n == 0) & (rs == 0):  # one program per output-channel tile writes the bias
+            tl.store(db_part_ptr + split * K + k_abs, db_acc, mask=k_ok)
 
 
 @triton.jit
@@ -356,11 +358,14 @@ CONV_KEY = ("N", "C", "H", "W", "K", "P", "Q", "R", "S", "GROUPS")
 
 def _gemm_configs(capability, with_group_m):
     """Tile shapes for the three implicit GEMMs. sm_90 has 228 KB of shared memory per SM
-    and affords deeper pipelines than sm_80 (164 KB)."""
+    and affords deeper pipelines than sm_80 (164 KB). Tiles stop at 64 rows, and 4-warp
+    tiles at BLOCK_K = 16: beyond, the per-row index vectors (n, p, q, masks, 64-bit bases),
+    replicated across the lanes that share a row, make ptxas spill in fp32
+    (tests/test_aot.py checks every shipped config)."""
     stages = (3, 4) if capability >= (9, 0) else (2, 3)
     shapes = [  # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps)
-        (128, 128, 32, 8), (128, 64, 32, 4), (64, 128, 32, 4), (64, 64, 32, 4),
-        (128, 32, 32, 4), (64, 32, 32, 4), (32, 32, 32, 4), (128, 16, 32, 4), (64, 16, 16, 4),
+        (64, 64, 32, 8), (64, 64, 16, 4), (64, 32, 16, 4), (32, 64, 16, 4), (32, 32, 16, 4), (64, 16, 16, 4),
+        (32, 16, 16, 2),
     ]
     group = {"GROUP_M": 8} if with_group_m else {}
     return tuple(

@@ -77,12 +77,22 @@ def test_parity_low_precision(dtype, x_shape, w_shape, kwargs, device):
 
 
 def test_gradcheck(device):
-    # stride 2, padding, groups: every index path in one tiny problem
+    # stride 2, asymmetric padding, groups: every index path in a problem tiny enough for
+    # the full (element by element) check through the interpreter
+    x = torch.randn(1, 2, 3, 4, dtype=torch.float64, device=device, requires_grad=True)
+    w = torch.randn(2, 1, 2, 2, dtype=torch.float64, device=device, requires_grad=True)
+    b = torch.randn(2, dtype=torch.float64, device=device, requires_grad=True)
+    fn = lambda x, w, b: convtri.conv2d(x, w, b, stride=2, padding=(1, 0), groups=2)
+    assert torch.autograd.gradcheck(fn, (x, w, b))
+
+
+def test_gradcheck_larger(device):
+    # the same paths at a size where only gradcheck's fast mode (random projections) is cheap
     x = torch.randn(1, 4, 5, 6, dtype=torch.float64, device=device, requires_grad=True)
     w = torch.randn(4, 2, 3, 2, dtype=torch.float64, device=device, requires_grad=True)
     b = torch.randn(4, dtype=torch.float64, device=device, requires_grad=True)
-    fn = lambda x, w, b: convtri.conv2d(x, w, b, stride=2, padding=(1, 2), groups=2)
-    assert torch.autograd.gradcheck(fn, (x, w, b))
+    fn = lambda x, w, b: convtri.conv2d(x, w, b, stride=2, padding=(1, 2), dilation=(1, 2), groups=2)
+    assert torch.autograd.gradcheck(fn, (x, w, b), fast_mode=True)
 
 
 def test_gradcheck_padding_modes(device):
@@ -320,6 +330,13 @@ def test_integer_dtype_is_refused():
     # torch computes integer conv on CPU; we state plainly that we do not
     with pytest.raises(TypeError, match="input must have a floating-point dtype"):
         convtri.conv2d(torch.ones(1, 1, 4, 4, dtype=torch.long), torch.ones(1, 1, 3, 3, dtype=torch.long))
+
+
+def test_device_mismatch_without_gpu():
+    with pytest.raises(RuntimeError, match="weight is on meta"):
+        convtri.conv2d(torch.randn(1, 1, 4, 4), torch.randn(1, 1, 3, 3, device="meta"))
+    with pytest.raises(RuntimeError, match="CUDA and CPU"):
+        convtri.conv2d(torch.randn(1, 1, 4, 4, device="meta"), torch.randn(1, 1, 3, 3, device="meta"))
 
 
 @pytest.mark.gpu

@@ -1,0 +1,132 @@
+"""Every kernel compiles for sm_80 and sm_90 in the dtypes we ship, with tensor cores in the
+fp16/bf16 (and tf32) GEMM main loops and no register spills. No GPU needed."""
+import pytest
+import triton
+
+from aot import compile_kernel, spill_bytes, uses_tensor_cores
+from convtri.conv2d import ELEMENTWISE_BLOCK_CUDA
+from convtri.kernels import conv2d as conv_kernels
+from convtri.kernels import pool2d as pool_kernels
+
+ARCHS = [80, 90]
+CONV_FLAGS = {  # constexpr flags per conv kernel, besides the block sizes
+    conv_kernels.conv2d_fwd_kernel: dict(HAS_BIAS=True, PAD_MODE=0, UPCAST=False),
+    conv_kernels.conv2d_dgrad_kernel: dict(UPCAST=False),
+    conv_kernels.conv2d_wgrad_kernel: dict(WEIGHT_GRAD=True, BIAS_GRAD=True, PAD_MODE=0, UPCAST=False),
+}
+CONV_CONFIGS = {
+    conv_kernels.conv2d_fwd_kernel: conv_kernels.conv2d_fwd_configs,
+    conv_kernels.conv2d_dgrad_kernel: conv_kernels.conv2d_dgrad_configs,
+    conv_kernels.conv2d_wgrad_kernel: conv_kernels.conv2d_wgrad_configs,
+}
+TENSOR_ARGS = ("x_ptr", "w_ptr", "b_ptr", "y_ptr", "dy_ptr", "dx_ptr")
+PARTIAL_ARGS = ("dw_part_ptr", "db_part_ptr")
+
+
+# Two layout classes, as Triton specialises them at run time: channels_last with C % 16 == 0
+# (channel strides are 1, the other strides multiples of 16: vectorised loads) and NCHW
+# (nothing known: gathers).
+UNIT_STRIDES_NHWC = {
+    conv_kernels.conv2d_fwd_kernel: dict(stride_xc=1, stride_wc=1, stride_yk=1),
+    conv_kernels.conv2d_dgrad_kernel: dict(stride_dyk=1, stride_wk=1, stride_dxc=1),
+    conv_kernels.conv2d_wgrad_kernel: dict(stride_xc=1, stride_dyk=1),
+}
+LAYOUTS = ["nhwc", "nchw"]
+
+
+def layout_specialisation(kernel, layout, pointers):
+    """(constexpr strides, args divisible by 16) of ``layout``."""
+    if layout == "nchw":
+        return {}, list(pointers)
+    ones = UNIT_STRIDES_NHWC[kernel]
+    strides = [a for a in kernel.arg_names if a.startswith("stride_") and a not in ones]
+    return ones, list(pointers) + strides + ["C", "K"]
+
+
+def conv_pointer_types(kernel, dtype):
+    accumulator = "fp64" if dtype == "fp64" else "fp32"
+    return {name: dtype if name in TENSOR_ARGS else accumulator
+            for name in kernel.arg_names if name in TENSOR_ARGS + PARTIAL_ARGS}
+
+
+def shipped_configs(kernel, arch, everything):
+    configs = CONV_CONFIGS[kernel]((arch // 10, arch % 10))
+    if everything:
+        return configs
+    # in CI: the largest tile, the one with the most registers
+    return [max(configs, key=lambda c: (c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"], c.num_stages))]
+
+
+def check_conv_kernel(kernel, dtype, arch, config, layout):
+    pointers = conv_pointer_types(kernel, dtype)
+    ones, divisible = layout_specialisation(kernel, layout, pointers)
+    flags = dict(CONV_FLAGS[kernel], PRECISION="tf32" if dtype == "fp32" else "ieee", **ones)
+    compiled = compile_kernel(kernel, pointers, {**flags, **config.kwargs}, arch, config.num_warps,
+                              config.num_stages, divisible)
+    if dtype in ("fp16", "bf16", "fp32"):  # fp32 with tf32, as with cuDNN's default
+        assert uses_tensor_cores(compiled), f"{kernel.__name__} {dtype} sm_{arch}: no mma in the main loop"
+    assert spill_bytes(compiled, arch) == 0, f"{kernel.__name__} {dtype} {layout} sm_{arch} {config}: spills"
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("dtype", ["fp16", "bf16", "fp32"])
+@pytest.mark.parametrize("kernel", list(CONV_FLAGS), ids=lambda k: k.__name__)
+def test_conv_kernels_compile(kernel, dtype, arch, layout):
+    for config in shipped_configs(kernel, arch, everything=False):
+        check_conv_kernel(kernel, dtype, arch, config, layout)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("dtype", ["fp16", "bf16", "fp32"])
+@pytest.mark.parametrize("kernel", list(CONV_FLAGS), ids=lambda k: k.__name__)
+def test_conv_kernels_compile_every_config(kernel, dtype, arch, layout):
+    for config in shipped_configs(kernel, arch, everything=True):
+        check_conv_kernel(kernel, dtype, arch, config, layout)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_fp64_conv_compiles(arch):
+    # fp64 runs the same GEMM code with fp64 accumulation; it must compile, no tensor-core claim
+    kernel = conv_kernels.conv2d_fwd_kernel
+    config = triton.Config({"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 16, "GROUP_M": 8}, num_warps=4, num_stages=2)
+    flags = dict(CONV_FLAGS[kernel], PRECISION="ieee")
+    compiled = compile_kernel(kernel, conv_pointer_types(kernel, "fp64"), {**flags, **config.kwargs}, arch,
+                              config.num_warps, config.num_stages)
+    assert spill_bytes(compiled, arch) == 0
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("kernel, pointers, flags", [
+    (conv_kernels.conv2d_sum_splits_kernel, dict(part_ptr="fp32", out_ptr="bf16"), dict(BLOCK=ELEMENTWISE_BLOCK_CUDA)),
+    (conv_kernels.pad_fold_kernel, dict(gp_ptr="fp32", gx_ptr="fp16"), dict(PAD_MODE=1, BLOCK=ELEMENTWISE_BLOCK_CUDA)),
+], ids=["sum_splits", "pad_fold"])
+def test_elementwise_conv_kernels_compile(kernel, pointers, flags, arch):
+    compiled = compile_kernel(kernel, pointers, flags, arch, num_warps=4, num_stages=1)
+    assert spill_bytes(compiled, arch) == 0
+
+
+POOL_FLAGS = {  # constexpr flags per pooling kernel, besides the block sizes
+    pool_kernels.max_pool2d_fwd_kernel: dict(WITH_INDICES=True),
+    pool_kernels.max_pool2d_bwd_kernel: {},
+    pool_kernels.avg_pool2d_fwd_kernel: dict(COUNT_INCLUDE_PAD=False, DIVISOR_OVERRIDE=False, ADAPTIVE=False),
+    pool_kernels.avg_pool2d_bwd_kernel: dict(COUNT_INCLUDE_PAD=True, DIVISOR_OVERRIDE=False, ADAPTIVE=True),
+}
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("dtype", ["fp16", "bf16", "fp32", "fp64"])
+@pytest.mark.parametrize("kernel", list(POOL_FLAGS), ids=lambda k: k.__name__)
+def test_pool_kernels_compile(kernel, dtype, arch, layout):
+    # the CUDA tiles of convtri/pool2d.py, with Triton's default warps and stages
+    pointers = {arg: "i64" if arg == "idx_ptr" else dtype for arg in kernel.arg_names if arg.endswith("_ptr")}
+    block_c = pool_kernels.CUDA_CHANNELS if layout == "channels_last" else 1
+    unit = "c" if layout == "channels_last" else "w"  # Triton specialises the unit strides of each layout
+    ones = {arg: 1 for arg in kernel.arg_names if arg.startswith("stride_") and arg.endswith(unit)}
+    tile_numel = pool_kernels.cuda_tile_numel(8 if dtype == "fp64" else 2)
+    constexprs = POOL_FLAGS[kernel] | ones | dict(BLOCK_P=tile_numel // block_c, BLOCK_C=block_c)
+    compiled = compile_kernel(kernel, pointers, constexprs, arch, num_warps=4, num_stages=3, divisible=list(pointers))
+    assert spill_bytes(compiled, arch) == 0, f"{kernel.__name__} {dtype} {layout} sm_{arch}: spills"
