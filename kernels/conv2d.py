@@ -30,6 +30,35 @@ def padded_index(i, size, PAD_MODE: tl.constexpr):
 
 
 @triton.jit
+def window_corner(x_img, h0, w0, stride_xh, stride_xw, PAD_MODE: tl.constexpr):
+    """Per-row base pointers for ``window_taps``: for zero padding, pointers to the windows'
+    top-left corners (h0, w0), which may lie outside the input (every load is masked); for
+    other modes the image base, as each tap's coordinates go through padded_index."""
+    if PAD_MODE == 0:
+        x_img = x_img + h0.to(tl.int64) * stride_xh + w0.to(tl.int64) * stride_xw
+    return x_img
+
+
+@triton.jit
+def window_taps(x_corner, h0, w0, dh, dw, H, W, stride_xh, stride_xw, PAD_MODE: tl.constexpr):
+    """Pointers to the input pixels (h0 + dh, w0 + dw) of each row and whether they hold data.
+
+    With zero padding a tap costs one scalar offset from the hoisted corner pointers plus the
+    bounds masks; other padding modes map every coordinate into the input instead."""
+    h = h0 + dh
+    w = w0 + dw
+    if PAD_MODE == 0:
+        ok = (h >= 0) & (h < H) & (w >= 0) & (w < W)
+        ptrs = x_corner + (dh.to(tl.int64) * stride_xh + dw.to(tl.int64) * stride_xw)
+    else:
+        h, h_ok = padded_index(h, H, PAD_MODE)
+        w, w_ok = padded_index(w, W, PAD_MODE)
+        ok = h_ok & w_ok
+        ptrs = x_corner + h.to(tl.int64) * stride_xh + w.to(tl.int64) * stride_xw
+    return ptrs, ok
+
+
+@triton.jit
 def dot_operand(t, UPCAST: tl.constexpr):
     """fp16/bf16 operands are widened in Triton's interpreter, whose bf16 dot is broken."""
     if UPCAST:
@@ -84,7 +113,10 @@ def conv2d_fwd_kernel(
     k_abs = g * K_G + offs_k
     offs_c = tl.arange(0, BLOCK_K)
 
+    h0 = p * conv_stride_h - pad_h
+    w0 = q * conv_stride_w - pad_w
     x_img = x_ptr + n.to(tl.int64) * stride_xn + (g * C_G).to(tl.int64) * stride_xc
+    x_corner = window_corner(x_img, h0, w0, stride_xh, stride_xw, PAD_MODE)
     w_row = w_ptr + k_abs.to(tl.int64) * stride_wk
     ACC_TYPE = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_TYPE)
@@ -93,10 +125,8 @@ def conv2d_fwd_kernel(
         rs = step // c_blocks
         r = rs // S
         s = rs % S
-        ih, h_ok = padded_index(p * conv_stride_h - pad_h + r * dil_h, H, PAD_MODE)
-        iw, w_ok = padded_index(q * conv_stride_w - pad_w + s * dil_w, W, PAD_MODE)
-        pix_ok = m_ok & h_ok & w_ok
-        x_pix = x_img + ih.to(tl.int64) * stride_xh + iw.to(tl.int64) * stride_xw
+        x_pix, tap_ok = window_taps(x_corner, h0, w0, r * dil_h, s * dil_w, H, W, stride_xh, stride_xw, PAD_MODE)
+        pix_ok = m_ok & tap_ok
         w_rs = w_row + r * stride_wr + s * stride_ws
         c = (step % c_blocks) * BLOCK_K + offs_c
         c_ok = c < C_G
@@ -164,6 +194,7 @@ def conv2d_dgrad_kernel(
     offs_k = tl.arange(0, BLOCK_K)
 
     dy_img = dy_ptr + n.to(tl.int64) * stride_dyn + (g * K_G).to(tl.int64) * stride_dyk
+    dy_corner = window_corner(dy_img, i, j, stride_dyp, stride_dyq, 0)  # dy[n, :, i, j]
     w_col = w_ptr + (g * K_G).to(tl.int64) * stride_wk + offs_c * stride_wc
     ACC_TYPE = tl.float64 if dy_ptr.dtype.element_ty == tl.float64 else tl.float32
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_TYPE)
@@ -176,10 +207,10 @@ def conv2d_dgrad_kernel(
         top = phase_h + pad_h - r * dil_h + lift_h  # (h + pad_h - r*dil_h) for i = 0, lifted
         left = phase_w + pad_w - s * dil_w + lift_w
         if (top % conv_stride_h == 0) & (left % conv_stride_w == 0):
-            p = i + (top // conv_stride_h - R * dil_h)
-            q = j + (left // conv_stride_w - S * dil_w)
-            row_ok = pix_ok & (p >= 0) & (p < P) & (q >= 0) & (q < Q)
-            dy_pix = dy_img + p.to(tl.int64) * stride_dyp + q.to(tl.int64) * stride_dyq
+            # this tap reads dy rows p = i + (top // conv_stride_h - R * dil_h), likewise q
+            dy_pix, tap_ok = window_taps(dy_corner, i, j, top // conv_stride_h - R * dil_h,
+                                         left // conv_stride_w - S * dil_w, P, Q, stride_dyp, stride_dyq, 0)
+            row_ok = pix_ok & tap_ok
             w_rs = w_col + r * stride_wr + s * stride_ws
             for k0 in range(0, K_G, BLOCK_K):
                 k = k0 + offs_k
@@ -259,10 +290,11 @@ def conv2d_wgrad_kernel(
         a = tl.load(dy_pix[None, :] + k_abs.to(tl.int64)[:, None] * stride_dyk, mask=k_ok[:, None] & j_ok[None, :],
                     other=0.)
         if WEIGHT_GRAD:
-            ih, h_ok = padded_index(p * conv_stride_h - pad_h + r * dil_h, H, PAD_MODE)
-            iw, w_ok = padded_index(q * conv_stride_w - pad_w + s * dil_w, W, PAD_MODE)
-            x_pix = x_ptr + n.to(tl.int64) * stride_xn + ih.to(tl.int64) * stride_xh + iw.to(tl.int64) * stride_xw
-            pix_ok = j_ok & h_ok & w_ok
+            h0 = p * conv_stride_h - pad_h
+            w0 = q * conv_stride_w - pad_w
+            x_corner = window_corner(x_ptr + n.to(tl.int64) * stride_xn, h0, w0, stride_xh, stride_xw, PAD_MODE)
+            x_pix, tap_ok = window_taps(x_corner, h0, w0, r * dil_h, s * dil_w, H, W, stride_xh, stride_xw, PAD_MODE)
+            pix_ok = j_ok & tap_ok
             b = tl.load(x_pix[:, None] + c_abs.to(tl.int64)[None, :] * stride_xc,
                         mask=pix_ok[:, None] & c_ok[None, :], other=0.)
             acc = tl.dot(dot_operand(a, UPCAST), dot_operand(b, UPCAST), acc, input_precision=PRECISION)
