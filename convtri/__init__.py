@@ -2,5 +2,7 @@
 from convtri.conv2d import conv2d, corr2d
 from convtri.pool2d import adaptive_avg_pool2d, avg_pool2d, max_pool2d
 from convtri import nn
+from convtri import models
+from convtri.convert import convert
 
-__all__ = ["conv2d", "corr2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "nn"]
+__all__ = ["conv2d", "corr2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "nn", "models", "convert"]

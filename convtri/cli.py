@@ -50,12 +50,47 @@ def demo(device: str) -> int:
     return 0 if ok else 1
 
 
+def add_lenet_parser(commands):
+    from convtri.data import DATASETS
+    from convtri.models import VARIANTS
+    from convtri.training import RECIPES
+    recipes = "; ".join(f"{name}: " + ", ".join(f"{k} {v}" for k, v in recipe.items())
+                        for name, recipe in RECIPES.items())
+    lenet = commands.add_parser(
+        "lenet", help="train LeNet on our kernels",
+        description=f"Train the chapter's LeNet on convtri's kernels. Defaults per dataset ({recipes}); "
+                    "'auto' uses Fashion-MNIST when it is in --data or can be downloaded, else digits.")
+    lenet.add_argument("--data", default=None, help="directory with Fashion-MNIST's IDX files (flat, or "
+                       "torchvision's <DIR>/FashionMNIST/raw); default ~/.cache/convtri")
+    lenet.add_argument("--dataset", choices=DATASETS, default="auto")
+    lenet.add_argument("--no-download", action="store_true", help="never download Fashion-MNIST")
+    lenet.add_argument("--variant", choices=VARIANTS, default=None)
+    lenet.add_argument("--epochs", type=int, default=None)
+    lenet.add_argument("--batch-size", type=int, default=None)
+    lenet.add_argument("--lr", type=float, default=None)
+    lenet.add_argument("--momentum", type=float, default=None)
+    lenet.add_argument("--seed", type=int, default=0)
+    lenet.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    lenet.add_argument("--limit", type=int, default=None, help="cap the examples per split")
+    lenet.add_argument("--out", default=None, help="output directory (default: a new folder under runs/)")
+    lenet.add_argument("--compare-torch", action="store_true",
+                       help="also train a torch.nn twin from the same weights on the same batches")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="convtri", description=convtri.__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     demo_parser = commands.add_parser("demo", help="edge detection and a parity check against torch")
     demo_parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    add_lenet_parser(commands)
     args = parser.parse_args(argv)
+    if args.command == "lenet":
+        from convtri.training import lenet
+        for name in ("epochs", "batch_size", "limit"):
+            if getattr(args, name) is not None and getattr(args, name) < 1:
+                parser.error(f"--{name.replace('_', '-')} must be at least 1")
+        lenet(args)
+        return 0
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"

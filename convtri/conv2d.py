@@ -12,7 +12,10 @@ from convtri.kernels import conv2d as kernels
 PAD_MODES = {"zeros": kernels.PAD_ZEROS, "reflect": kernels.PAD_REFLECT,
              "replicate": kernels.PAD_REPLICATE, "circular": kernels.PAD_CIRCULAR}
 MAX_GRID_YZ = 65535  # CUDA's limit on grid axes 1 and 2
-INTERPRETER_REDUCTION_CHANNELS = 64  # channels reduced per dot
+INTERPRETER_REDUCTION = 128  # reduction columns per dot
+# At or below this many channels per tap, a reduction block spans several taps (FLAT_TAPS):
+# a tensor-core step reduces 16 fp16 channels, and the interpreter runs far fewer steps.
+FLAT_TAPS_MAX_CHANNELS = 16
 ELEMENTWISE_BLOCK_CUDA = 512  # 4 warps x 4 elements; at 8, ptxas spills the 64-bit offsets (sm_90)
 ELEMENTWISE_BLOCK_CPU = 1 << 16
 WGRAD_MIN_ROWS_PER_SPLIT = 512  # an N*P*Q slice below this costs more in partials than it saves
@@ -38,6 +41,10 @@ class ConvGeometry:
 def _rows_block(rows, *widths):
     """The interpreter's block over a pixel axis, as long as tiles of ``widths`` columns allow."""
     return block(rows, INTERPRETER_TILE_NUMEL // max(widths))
+
+
+def _flat_taps(channels_per_tap):
+    return channels_per_tap <= FLAT_TAPS_MAX_CHANNELS
 
 
 def _elementwise_block(t):
@@ -138,7 +145,9 @@ def conv2d_forward(x, w, b, geom):
     groups = geom.groups
     # One program: a BLOCK_M (output pixels) x BLOCK_N (output channels) tile of y, one group.
     grid = lambda meta: (triton.cdiv(n * p * q, meta["BLOCK_M"]) * triton.cdiv(k // groups, meta["BLOCK_N"]), groups)
-    block_n, block_k = block(k // groups, INTERPRETER_CHANNELS), block(c // groups, INTERPRETER_REDUCTION_CHANNELS)
+    flat = _flat_taps(c // groups)
+    block_n = block(k // groups, INTERPRETER_CHANNELS)
+    block_k = block(c // groups * (r * s if flat else 1), INTERPRETER_REDUCTION)
     blocks = dict(BLOCK_M=_rows_block(n * p * q, block_n, block_k), BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=1)
     launch(kernels.conv2d_fwd_kernel, grid,
            x, w, b if b is not None else y, y,
@@ -147,7 +156,8 @@ def conv2d_forward(x, w, b, geom):
            *geom.stride, top, left, *geom.dilation,
            tensor=x, blocks=blocks,
            tuning=(kernels.conv2d_fwd_configs, kernels.CONV_KEY, kernels.conv2d_fwd_prune),
-           HAS_BIAS=b is not None, PAD_MODE=geom.pad_mode, PRECISION=dot_precision(x), UPCAST=dot_upcast(x))
+           HAS_BIAS=b is not None, PAD_MODE=geom.pad_mode, FLAT_TAPS=flat, PRECISION=dot_precision(x),
+           UPCAST=dot_upcast(x))
     return y
 
 
@@ -184,7 +194,9 @@ def _dgrad_zero_padding(dy, w, x_shape, x_format, geom, dtype):
     # One program: a BLOCK_M (input pixels of one stride phase) x BLOCK_N (input channels) tile of dx.
     grid = lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]) * triton.cdiv(c // groups, meta["BLOCK_N"]),
                          groups, sh * sw)
-    block_n, block_k = block(c // groups, INTERPRETER_CHANNELS), block(k // groups, INTERPRETER_REDUCTION_CHANNELS)
+    flat = _flat_taps(k // groups)
+    block_n = block(c // groups, INTERPRETER_CHANNELS)
+    block_k = block(k // groups * (r * s if flat else 1), INTERPRETER_REDUCTION)
     blocks = dict(BLOCK_M=_rows_block(rows, block_n, block_k), BLOCK_N=block_n, BLOCK_K=block_k)
     launch(kernels.conv2d_dgrad_kernel, grid,
            dy, w, dx,
@@ -193,7 +205,7 @@ def _dgrad_zero_padding(dy, w, x_shape, x_format, geom, dtype):
            sh, sw, top, left, *geom.dilation,
            tensor=dy, blocks=blocks,
            tuning=(kernels.conv2d_dgrad_configs, kernels.CONV_KEY, kernels.conv2d_dgrad_prune),
-           PRECISION=dot_precision(dy), UPCAST=dot_upcast(dy))
+           FLAT_TAPS=flat, PRECISION=dot_precision(dy), UPCAST=dot_upcast(dy))
     return dx
 
 
@@ -223,12 +235,14 @@ def conv2d_wgrad(x, dy, w, geom, weight_grad, bias_grad):
     dw_part = torch.empty((splits, k, c_per_group, r, s) if weight_grad else (0,), dtype=accumulator,
                           device=x.device)
     db_part = torch.empty((splits, k) if bias_grad else (0,), dtype=accumulator, device=x.device)
-    taps = r * s if weight_grad else 1
-    # One program: a BLOCK_M (output channels) x BLOCK_N (input channels) tile for one tap
-    # (r, s), one slice of N*P*Q and one group; the bias alone needs one tap and one column.
-    grid = lambda meta: (triton.cdiv(k // groups, meta["BLOCK_M"]) * taps
-                         * (triton.cdiv(c_per_group, meta["BLOCK_N"]) if weight_grad else 1), splits, groups)
-    block_m, block_n = block(k // groups, INTERPRETER_CHANNELS), block(c_per_group, INTERPRETER_CHANNELS)
+    flat = _flat_taps(c_per_group)
+    # One program: a BLOCK_M (output channels) x BLOCK_N (input channels of one tap (r, s), or
+    # with FLAT_TAPS columns over (r, s, c)) tile for one slice of N*P*Q and one group; the bias
+    # alone needs one column tile.
+    columns, taps = (c_per_group * r * s, 1) if flat else (c_per_group, r * s)
+    grid = lambda meta: (triton.cdiv(k // groups, meta["BLOCK_M"])
+                         * (taps * triton.cdiv(columns, meta["BLOCK_N"]) if weight_grad else 1), splits, groups)
+    block_m, block_n = block(k // groups, INTERPRETER_CHANNELS), block(columns, INTERPRETER_CHANNELS)
     blocks = dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=_rows_block(rows, block_m, block_n))
     launch(kernels.conv2d_wgrad_kernel, grid,
            x, dy, dw_part, db_part,
@@ -237,7 +251,7 @@ def conv2d_wgrad(x, dy, w, geom, weight_grad, bias_grad):
            *geom.stride, top, left, *geom.dilation,
            tensor=x, blocks=blocks,
            tuning=(kernels.conv2d_wgrad_configs, kernels.CONV_KEY, kernels.conv2d_wgrad_prune),
-           WEIGHT_GRAD=weight_grad, BIAS_GRAD=bias_grad, PAD_MODE=geom.pad_mode,
+           WEIGHT_GRAD=weight_grad, BIAS_GRAD=bias_grad, PAD_MODE=geom.pad_mode, FLAT_TAPS=flat,
            PRECISION=dot_precision(x), UPCAST=dot_upcast(x))
     dw = _sum_splits(dw_part, torch.empty_like(w, memory_format=torch.preserve_format)) if weight_grad else None
     db = _sum_splits(db_part, torch.empty(k, dtype=x.dtype, device=x.device)) if bias_grad else None

@@ -209,11 +209,12 @@ def load_digits(test_fraction=0.2, seed=0):
     return TensorDataset(images[train], labels[train]), TensorDataset(images[test], labels[test])
 
 
-def load_dataset(name="auto", root=None, download=True):
+def load_dataset(name="auto", root=None, download=True, verbose=True):
     """(train, test, name_used) for ``name`` in DATASETS; ``root`` defaults to DEFAULT_ROOT.
 
     "auto" uses Fashion-MNIST when it is in ``root`` or can be downloaded, and otherwise falls
-    back to digits, printing one line that says why. "fashion-mnist" never falls back.
+    back to digits, printing one line that says why (unless not ``verbose``). "fashion-mnist"
+    never falls back.
     """
     if name not in DATASETS:
         raise ValueError(f"load_dataset: name must be one of {', '.join(DATASETS)}, got {name!r}")
@@ -225,7 +226,8 @@ def load_dataset(name="auto", root=None, download=True):
     try:
         return (*load_fashion_mnist(root, download), "fashion-mnist")
     except (FileNotFoundError, RuntimeError) as err:
-        print(f"convtri: using scikit-learn's digits instead: {str(err).splitlines()[0]}")
+        if verbose:
+            print(f"convtri: using scikit-learn's digits instead: {str(err).splitlines()[0]}")
         return (*load_digits(), "digits")
 
 

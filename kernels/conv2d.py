@@ -78,13 +78,15 @@ def conv2d_fwd_kernel(
     # conv parameters
     conv_stride_h, conv_stride_w, pad_h, pad_w, dil_h, dil_w,
     # flags
-    HAS_BIAS: tl.constexpr, PAD_MODE: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    HAS_BIAS: tl.constexpr, PAD_MODE: tl.constexpr, FLAT_TAPS: tl.constexpr, PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     """y[n, k, p, q] = b[k] + sum_{c, r, s} x[n, c, h(p, r), w(q, s)] * w[k, c, r, s].
 
     Implicit GEMM per group: M = N*P*Q output pixels, N = K/GROUPS output channels,
-    reduced over (C/GROUPS)*R*S in the order (r, s, then channel blocks).
+    reduced over (C/GROUPS)*R*S in the order (r, s, then channel blocks), or, with FLAT_TAPS
+    (few channels), along one axis over (r, s, c) so that a block spans several taps.
     One program computes a BLOCK_M x BLOCK_N tile of y for one group.
     Grid: (cdiv(N*P*Q, BLOCK_M) * cdiv(K/GROUPS, BLOCK_N), GROUPS), tiles in GROUP_M order.
     x: (N, C, H, W), w: (K, C/GROUPS, R, S), b: (K,), y: (N, K, P, Q).
@@ -120,19 +122,33 @@ def conv2d_fwd_kernel(
     w_row = w_ptr + k_abs.to(tl.int64) * stride_wk
     ACC_TYPE = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_TYPE)
-    c_blocks = tl.cdiv(C_G, BLOCK_K)
-    for step in range(0, R * S * c_blocks):  # one loop over (r, s, channel block) pipelines best
-        rs = step // c_blocks
-        r = rs // S
-        s = rs % S
-        x_pix, tap_ok = window_taps(x_corner, h0, w0, r * dil_h, s * dil_w, H, W, stride_xh, stride_xw, PAD_MODE)
-        pix_ok = m_ok & tap_ok
-        w_rs = w_row + r * stride_wr + s * stride_ws
-        c = (step % c_blocks) * BLOCK_K + offs_c
-        c_ok = c < C_G
-        a = tl.load(x_pix[:, None] + c[None, :] * stride_xc, mask=pix_ok[:, None] & c_ok[None, :], other=0.)
-        b = tl.load(w_rs[None, :] + c[:, None] * stride_wc, mask=c_ok[:, None] & k_ok[None, :], other=0.)
-        acc = tl.dot(dot_operand(a, UPCAST), dot_operand(b, UPCAST), acc, input_precision=PRECISION)
+    if FLAT_TAPS:
+        for t0 in range(0, R * S * C_G, BLOCK_K):
+            t = t0 + offs_c  # reduction index over (r, s, c), c fastest
+            t_ok = t < R * S * C_G
+            c = t % C_G
+            r = (t // C_G) // S
+            s = (t // C_G) % S
+            x_pix, tap_ok = window_taps(x_corner[:, None], h0[:, None], w0[:, None], (r * dil_h)[None, :],
+                                        (s * dil_w)[None, :], H, W, stride_xh, stride_xw, PAD_MODE)
+            a = tl.load(x_pix + c[None, :] * stride_xc, mask=m_ok[:, None] & tap_ok & t_ok[None, :], other=0.)
+            w_tap = c * stride_wc + r * stride_wr + s * stride_ws
+            b = tl.load(w_row[None, :] + w_tap[:, None], mask=t_ok[:, None] & k_ok[None, :], other=0.)
+            acc = tl.dot(dot_operand(a, UPCAST), dot_operand(b, UPCAST), acc, input_precision=PRECISION)
+    else:
+        c_blocks = tl.cdiv(C_G, BLOCK_K)
+        for step in range(0, R * S * c_blocks):  # one loop over (r, s, channel block) pipelines best
+            rs = step // c_blocks
+            r = rs // S
+            s = rs % S
+            x_pix, tap_ok = window_taps(x_corner, h0, w0, r * dil_h, s * dil_w, H, W, stride_xh, stride_xw, PAD_MODE)
+            pix_ok = m_ok & tap_ok
+            w_rs = w_row + r * stride_wr + s * stride_ws
+            c = (step % c_blocks) * BLOCK_K + offs_c
+            c_ok = c < C_G
+            a = tl.load(x_pix[:, None] + c[None, :] * stride_xc, mask=pix_ok[:, None] & c_ok[None, :], other=0.)
+            b = tl.load(w_rs[None, :] + c[:, None] * stride_wc, mask=c_ok[:, None] & k_ok[None, :], other=0.)
+            acc = tl.dot(dot_operand(a, UPCAST), dot_operand(b, UPCAST), acc, input_precision=PRECISION)
 
     if HAS_BIAS:
         bias = tl.load(b_ptr + k_abs, mask=k_ok, other=0.)
@@ -154,7 +170,7 @@ def conv2d_dgrad_kernel(
     # conv parameters
     conv_stride_h, conv_stride_w, pad_h, pad_w, dil_h, dil_w,
     # flags
-    PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    FLAT_TAPS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """dx[n, c, h, w] = sum_{k, r, s} dy[n, k, p, q] * w[k, c, r, s] over h = p*stride - pad + r*dil.
@@ -164,7 +180,8 @@ def conv2d_dgrad_kernel(
     the kernel taps (r, s) that land on that phase contribute, each to output row
     p = (h + pad_h - r*dil_h) / conv_stride_h exactly.
     Implicit GEMM per (group, phase): M = N*cdiv(H, sh)*cdiv(W, sw) input pixels,
-    N = C/GROUPS input channels, reduced over (K/GROUPS)*R*S.
+    N = C/GROUPS input channels, reduced over (K/GROUPS)*R*S: tap by tap, or with FLAT_TAPS
+    (few output channels) along one axis over (r, s, k), masking the taps of other phases.
     One program computes a BLOCK_M x BLOCK_N tile of dx.
     Grid: (cdiv(M, BLOCK_M) * cdiv(C/GROUPS, BLOCK_N), GROUPS, conv_stride_h * conv_stride_w).
     dy: (N, K, P, Q), w: (K, C/GROUPS, R, S), dx: (N, C, H, W).
@@ -201,24 +218,43 @@ def conv2d_dgrad_kernel(
     # Offsets that keep the scalar % and // below on non-negative numbers.
     lift_h = conv_stride_h * R * dil_h
     lift_w = conv_stride_w * S * dil_w
-    for rs in range(0, R * S):
-        r = rs // S
-        s = rs % S
-        top = phase_h + pad_h - r * dil_h + lift_h  # (h + pad_h - r*dil_h) for i = 0, lifted
-        left = phase_w + pad_w - s * dil_w + lift_w
-        if (top % conv_stride_h == 0) & (left % conv_stride_w == 0):
-            # this tap reads dy rows p = i + (top // conv_stride_h - R * dil_h), likewise q
-            dy_pix, tap_ok = window_taps(dy_corner, i, j, top // conv_stride_h - R * dil_h,
-                                         left // conv_stride_w - S * dil_w, P, Q, stride_dyp, stride_dyq, 0)
-            row_ok = pix_ok & tap_ok
-            w_rs = w_col + r * stride_wr + s * stride_ws
-            for k0 in range(0, K_G, BLOCK_K):
-                k = k0 + offs_k
-                k_ok = k < K_G
-                a = tl.load(dy_pix[:, None] + k[None, :] * stride_dyk, mask=row_ok[:, None] & k_ok[None, :], other=0.)
-                b = tl.load(w_rs[None, :] + k[:, None].to(tl.int64) * stride_wk, mask=k_ok[:, None] & c_ok[None, :],
-                            other=0.)
-                acc = tl.dot(dot_operand(a, UPCAST), dot_operand(b, UPCAST), acc, input_precision=PRECISION)
+    if FLAT_TAPS:
+        for t0 in range(0, R * S * K_G, BLOCK_K):
+            t = t0 + offs_k  # reduction index over (r, s, k), k fastest
+            k = t % K_G
+            r = (t // K_G) // S
+            s = (t // K_G) % S
+            top = phase_h + pad_h - r * dil_h + lift_h  # as below, per column
+            left = phase_w + pad_w - s * dil_w + lift_w
+            t_ok = (t < R * S * K_G) & (top % conv_stride_h == 0) & (left % conv_stride_w == 0)
+            dy_pix, tap_ok = window_taps(dy_corner[:, None], i[:, None], j[:, None],
+                                         (top // conv_stride_h - R * dil_h)[None, :],
+                                         (left // conv_stride_w - S * dil_w)[None, :], P, Q, stride_dyp, stride_dyq, 0)
+            a = tl.load(dy_pix + k.to(tl.int64)[None, :] * stride_dyk, mask=pix_ok[:, None] & tap_ok & t_ok[None, :],
+                        other=0.)
+            w_tap = k.to(tl.int64) * stride_wk + r * stride_wr + s * stride_ws
+            b = tl.load(w_col[None, :] + w_tap[:, None], mask=t_ok[:, None] & c_ok[None, :], other=0.)
+            acc = tl.dot(dot_operand(a, UPCAST), dot_operand(b, UPCAST), acc, input_precision=PRECISION)
+    else:
+        for rs in range(0, R * S):
+            r = rs // S
+            s = rs % S
+            top = phase_h + pad_h - r * dil_h + lift_h  # (h + pad_h - r*dil_h) for i = 0, lifted
+            left = phase_w + pad_w - s * dil_w + lift_w
+            if (top % conv_stride_h == 0) & (left % conv_stride_w == 0):
+                # this tap reads dy rows p = i + (top // conv_stride_h - R * dil_h), likewise q
+                dy_pix, tap_ok = window_taps(dy_corner, i, j, top // conv_stride_h - R * dil_h,
+                                             left // conv_stride_w - S * dil_w, P, Q, stride_dyp, stride_dyq, 0)
+                row_ok = pix_ok & tap_ok
+                w_rs = w_col + r * stride_wr + s * stride_ws
+                for k0 in range(0, K_G, BLOCK_K):
+                    k = k0 + offs_k
+                    k_ok = k < K_G
+                    a = tl.load(dy_pix[:, None] + k[None, :] * stride_dyk, mask=row_ok[:, None] & k_ok[None, :],
+                                other=0.)
+                    b = tl.load(w_rs[None, :] + k[:, None].to(tl.int64) * stride_wk,
+                                mask=k_ok[:, None] & c_ok[None, :], other=0.)
+                    acc = tl.dot(dot_operand(a, UPCAST), dot_operand(b, UPCAST), acc, input_precision=PRECISION)
 
     dx_pix = dx_ptr + n.to(tl.int64) * stride_dxn + h.to(tl.int64) * stride_dxh + w.to(tl.int64) * stride_dxw
     dx_ptrs = dx_pix[:, None] + (g * C_G + offs_c).to(tl.int64)[None, :] * stride_dxc
@@ -236,18 +272,20 @@ def conv2d_wgrad_kernel(
     # conv parameters
     conv_stride_h, conv_stride_w, pad_h, pad_w, dil_h, dil_w,
     # flags
-    WEIGHT_GRAD: tl.constexpr, BIAS_GRAD: tl.constexpr, PAD_MODE: tl.constexpr, PRECISION: tl.constexpr,
-    UPCAST: tl.constexpr,
+    WEIGHT_GRAD: tl.constexpr, BIAS_GRAD: tl.constexpr, PAD_MODE: tl.constexpr, FLAT_TAPS: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """Partial weight and/or bias gradients over one of SPLIT slices of the N*P*Q reduction.
 
     dw_part[split, k, c, r, s] = sum_{(n, p, q) in slice} dy[n, k, p, q] * x[n, c, h(p, r), w(q, s)]
     db_part[split, k] = sum_{(n, p, q) in slice} dy[n, k, p, q]  (BIAS_GRAD only)
-    GEMM per (group, r, s): M = K/GROUPS, N = C/GROUPS, reduced over the slice.
+    GEMM per (group, r, s): M = K/GROUPS, N = C/GROUPS, reduced over the slice; with FLAT_TAPS
+    (few channels) one GEMM per group whose N axis runs over (r, s, c), c fastest.
     One program computes a BLOCK_M x BLOCK_N tile for one (r, s, slice, group); the programs
-    with the first channel tile at r = s = 0 also reduce dy for the bias.
-    Grid: (cdiv(K/GROUPS, BLOCK_M) * cdiv(C/GROUPS, BLOCK_N) * R*S, SPLIT, GROUPS), or
+    with the first column tile at r = s = 0 also reduce dy for the bias.
+    Grid: (cdiv(K/GROUPS, BLOCK_M) * cdiv(C/GROUPS, BLOCK_N) * R*S, SPLIT, GROUPS), with FLAT_TAPS
+    (cdiv(K/GROUPS, BLOCK_M) * cdiv(R*S*C/GROUPS, BLOCK_N), SPLIT, GROUPS), and
     (cdiv(K/GROUPS, BLOCK_M), SPLIT, GROUPS) for the bias alone (not WEIGHT_GRAD).
     x: (N, C, H, W), dy: (N, K, P, Q), dw_part: (SPLIT, K, C/GROUPS, R, S) contiguous fp32
     (fp64 for fp64), db_part: (SPLIT, K) likewise. ``conv2d_sum_splits_kernel`` finishes them.
@@ -255,14 +293,12 @@ def conv2d_wgrad_kernel(
     C_G = C // GROUPS
     K_G = K // GROUPS
     tiles_m = tl.cdiv(K_G, BLOCK_M)
-    tiles_n = tl.cdiv(C_G, BLOCK_N)
+    tiles_n = tl.cdiv(R * S * C_G, BLOCK_N) if FLAT_TAPS else tl.cdiv(C_G, BLOCK_N)
     pid = tl.program_id(0)
     pid_m = pid % tiles_m
     pid_n = (pid // tiles_m) % tiles_n
-    rs = pid // (tiles_m * tiles_n)
+    rs = pid // (tiles_m * tiles_n)  # always 0 with FLAT_TAPS
     g = tl.program_id(2)
-    r = rs // S
-    s = rs % S
     split = tl.program_id(1)
     NPQ = N * P * Q
     chunk = tl.cdiv(NPQ, SPLIT)
@@ -272,9 +308,20 @@ def conv2d_wgrad_kernel(
     offs_k = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     k_ok = offs_k < K_G
     k_abs = g * K_G + offs_k
-    offs_c = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    c_ok = offs_c < C_G
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    if FLAT_TAPS:  # columns (r, s, c), c fastest
+        col_ok = cols < R * S * C_G
+        offs_c = cols % C_G
+        col_rs = cols // C_G
+    else:  # columns c of tap rs
+        col_ok = cols < C_G
+        offs_c = cols
+        col_rs = tl.zeros_like(cols) + rs
     c_abs = g * C_G + offs_c
+    r = rs // S
+    s = rs % S
+    col_dh = (col_rs // S) * dil_h
+    col_dw = (col_rs % S) * dil_w
     offs_j = tl.arange(0, BLOCK_K)
 
     ACC_TYPE = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
@@ -293,10 +340,16 @@ def conv2d_wgrad_kernel(
             h0 = p * conv_stride_h - pad_h
             w0 = q * conv_stride_w - pad_w
             x_corner = window_corner(x_ptr + n.to(tl.int64) * stride_xn, h0, w0, stride_xh, stride_xw, PAD_MODE)
-            x_pix, tap_ok = window_taps(x_corner, h0, w0, r * dil_h, s * dil_w, H, W, stride_xh, stride_xw, PAD_MODE)
-            pix_ok = j_ok & tap_ok
-            b = tl.load(x_pix[:, None] + c_abs.to(tl.int64)[None, :] * stride_xc,
-                        mask=pix_ok[:, None] & c_ok[None, :], other=0.)
+            if FLAT_TAPS:  # a tap per column
+                x_pix, tap_ok = window_taps(x_corner[:, None], h0[:, None], w0[:, None], col_dh[None, :],
+                                            col_dw[None, :], H, W, stride_xh, stride_xw, PAD_MODE)
+                x_mask = j_ok[:, None] & tap_ok & col_ok[None, :]
+            else:  # one tap for the whole tile
+                x_pix, tap_ok = window_taps(x_corner, h0, w0, r * dil_h, s * dil_w, H, W, stride_xh, stride_xw,
+                                            PAD_MODE)
+                x_pix = x_pix[:, None]
+                x_mask = (j_ok & tap_ok)[:, None] & col_ok[None, :]
+            b = tl.load(x_pix + c_abs.to(tl.int64)[None, :] * stride_xc, mask=x_mask, other=0.)
             acc = tl.dot(dot_operand(a, UPCAST), dot_operand(b, UPCAST), acc, input_precision=PRECISION)
         if BIAS_GRAD:
             db_acc += tl.sum(a.to(ACC_TYPE), axis=1)
@@ -304,8 +357,8 @@ def conv2d_wgrad_kernel(
     if WEIGHT_GRAD:
         # dw_part is contiguous (SPLIT, K, C_G, R, S)
         part = dw_part_ptr + split.to(tl.int64) * K * C_G * R * S
-        ptrs = part + (k_abs.to(tl.int64)[:, None] * C_G + offs_c[None, :]) * (R * S) + rs
-        tl.store(ptrs, acc, mask=k_ok[:, None] & c_ok[None, :])
+        ptrs = part + (k_abs.to(tl.int64)[:, None] * C_G + offs_c[None, :]) * (R * S) + col_rs[None, :]
+        tl.store(ptrs, acc, mask=k_ok[:, None] & col_ok[None, :])
     if BIAS_GRAD:
         if (pid_n == 0) & (rs == 0):  # one program per output-channel tile writes the bias
             tl.store(db_part_ptr + split * K + k_abs, db_acc, mask=k_ok)
@@ -405,18 +458,28 @@ def _gemm_configs(capability, with_group_m):
         for bm, bn, bk, warps in shapes for st in stages)
 
 
-def _prune_to_problem(m_arg, n_arg, k_arg):
+# FLAT_TAPS gathers build 2-D 64-bit pointer tiles; beyond these blocks fp32 spills on sm_80
+FLAT_TAPS_LIMITS = {"fwd": dict(BLOCK_K=16), "dgrad": dict(BLOCK_K=16), "wgrad": dict(BLOCK_K=16, BLOCK_N=32)}
+
+
+def fits_flat_taps(config, limits):
+    return all(config.kwargs[name] <= most for name, most in limits.items())
+
+
+def _prune_to_problem(m_arg, n_arg, k_arg, flat_limits):
     """Drop configs whose tile is far larger than the GEMM dimension it covers (a 64-wide
-    tile on 6 channels wastes 90% of its work); keep at least the smallest config."""
+    tile on 6 channels wastes 90% of its work), and for FLAT_TAPS those that spill; keep at
+    least the smallest config."""
     def prune(configs, named_args, **kwargs):
         m, n, k = (arg(named_args) for arg in (m_arg, n_arg, k_arg))
         def fits(cfg):
             b = cfg.kwargs
             return (b["BLOCK_M"] <= max(16, 2 * triton.next_power_of_2(m))
                     and b["BLOCK_N"] <= max(16, 2 * triton.next_power_of_2(n))
-                    and b["BLOCK_K"] <= max(16, 2 * triton.next_power_of_2(k)))
+                    and b["BLOCK_K"] <= max(16, 2 * triton.next_power_of_2(k))
+                    and (fits_flat_taps(cfg, flat_limits) or not kwargs.get("FLAT_TAPS")))
         kept = [c for c in configs if fits(c)]
-        return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
+        return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"])]
     return prune
 
 
@@ -432,18 +495,21 @@ def conv2d_fwd_configs(capability):
     return _gemm_configs(capability, with_group_m=True)
 
 
-conv2d_fwd_prune = _prune_to_problem(lambda a: a["N"] * a["P"] * a["Q"], _k_per_group, _c_per_group)
+conv2d_fwd_prune = _prune_to_problem(lambda a: a["N"] * a["P"] * a["Q"], _k_per_group, _c_per_group,
+                                     FLAT_TAPS_LIMITS["fwd"])
 
 
 def conv2d_dgrad_configs(capability):
     return _gemm_configs(capability, with_group_m=False)
 
 
-conv2d_dgrad_prune = _prune_to_problem(lambda a: a["N"] * a["H"] * a["W"], _c_per_group, _k_per_group)
+conv2d_dgrad_prune = _prune_to_problem(lambda a: a["N"] * a["H"] * a["W"], _c_per_group, _k_per_group,
+                                       FLAT_TAPS_LIMITS["dgrad"])
 
 
 def conv2d_wgrad_configs(capability):
     return _gemm_configs(capability, with_group_m=False)
 
 
-conv2d_wgrad_prune = _prune_to_problem(_k_per_group, _c_per_group, lambda a: a["N"] * a["P"] * a["Q"])
+conv2d_wgrad_prune = _prune_to_problem(_k_per_group, _c_per_group, lambda a: a["N"] * a["P"] * a["Q"],
+                                       FLAT_TAPS_LIMITS["wgrad"])

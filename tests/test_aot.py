@@ -9,10 +9,18 @@ from convtri.kernels import conv2d as conv_kernels
 from convtri.kernels import pool2d as pool_kernels
 
 ARCHS = [80, 90]
-CONV_FLAGS = {  # constexpr flags per conv kernel, besides the block sizes
+CONV_FLAGS = {  # constexpr flags per conv kernel, besides the block sizes and FLAT_TAPS
     conv_kernels.conv2d_fwd_kernel: dict(HAS_BIAS=True, PAD_MODE=0, UPCAST=False),
     conv_kernels.conv2d_dgrad_kernel: dict(UPCAST=False),
     conv_kernels.conv2d_wgrad_kernel: dict(WEIGHT_GRAD=True, BIAS_GRAD=True, PAD_MODE=0, UPCAST=False),
+}
+# (layout, FLAT_TAPS): the tap-by-tap GEMMs in both layouts; FLAT_TAPS serves few channels,
+# whose strides are not multiples of 16 whatever the layout, so the gather case covers it
+LAYOUTS = [("nhwc", False), ("nchw", False), ("nchw", True)]
+FLAT_LIMITS = {
+    conv_kernels.conv2d_fwd_kernel: conv_kernels.FLAT_TAPS_LIMITS["fwd"],
+    conv_kernels.conv2d_dgrad_kernel: conv_kernels.FLAT_TAPS_LIMITS["dgrad"],
+    conv_kernels.conv2d_wgrad_kernel: conv_kernels.FLAT_TAPS_LIMITS["wgrad"],
 }
 CONV_CONFIGS = {
     conv_kernels.conv2d_fwd_kernel: conv_kernels.conv2d_fwd_configs,
@@ -31,7 +39,6 @@ UNIT_STRIDES_NHWC = {
     conv_kernels.conv2d_dgrad_kernel: dict(stride_dyk=1, stride_wk=1, stride_dxc=1),
     conv_kernels.conv2d_wgrad_kernel: dict(stride_xc=1, stride_dyk=1),
 }
-LAYOUTS = ["nhwc", "nchw"]
 
 
 def layout_specialisation(kernel, layout, pointers):
@@ -49,42 +56,44 @@ def conv_pointer_types(kernel, dtype):
             for name in kernel.arg_names if name in TENSOR_ARGS + PARTIAL_ARGS}
 
 
-def shipped_configs(kernel, arch, everything):
+def shipped_configs(kernel, arch, everything, flat):
     configs = CONV_CONFIGS[kernel]((arch // 10, arch % 10))
+    if flat:  # as the launch-time pruning keeps them
+        configs = [c for c in configs if conv_kernels.fits_flat_taps(c, FLAT_LIMITS[kernel])]
     if everything:
         return configs
     # in CI: the largest tile, the one with the most registers
     return [max(configs, key=lambda c: (c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"], c.num_stages))]
 
 
-def check_conv_kernel(kernel, dtype, arch, config, layout):
+def check_conv_kernel(kernel, dtype, arch, config, layout, flat):
     pointers = conv_pointer_types(kernel, dtype)
     ones, divisible = layout_specialisation(kernel, layout, pointers)
-    flags = dict(CONV_FLAGS[kernel], PRECISION="tf32" if dtype == "fp32" else "ieee", **ones)
+    flags = dict(CONV_FLAGS[kernel], FLAT_TAPS=flat, PRECISION="tf32" if dtype == "fp32" else "ieee", **ones)
     compiled = compile_kernel(kernel, pointers, {**flags, **config.kwargs}, arch, config.num_warps,
                               config.num_stages, divisible)
     if dtype in ("fp16", "bf16", "fp32"):  # fp32 with tf32, as with cuDNN's default
         assert uses_tensor_cores(compiled), f"{kernel.__name__} {dtype} sm_{arch}: no mma in the main loop"
-    assert spill_bytes(compiled, arch) == 0, f"{kernel.__name__} {dtype} {layout} sm_{arch} {config}: spills"
+    assert spill_bytes(compiled, arch) == 0, f"{kernel.__name__} {dtype} {layout} flat={flat} sm_{arch} {config}: spills"
 
 
-@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("layout, flat", LAYOUTS)
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("dtype", ["fp16", "bf16", "fp32"])
 @pytest.mark.parametrize("kernel", list(CONV_FLAGS), ids=lambda k: k.__name__)
-def test_conv_kernels_compile(kernel, dtype, arch, layout):
-    for config in shipped_configs(kernel, arch, everything=False):
-        check_conv_kernel(kernel, dtype, arch, config, layout)
+def test_conv_kernels_compile(kernel, dtype, arch, layout, flat):
+    for config in shipped_configs(kernel, arch, everything=False, flat=flat):
+        check_conv_kernel(kernel, dtype, arch, config, layout, flat)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("layout, flat", LAYOUTS)
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("dtype", ["fp16", "bf16", "fp32"])
 @pytest.mark.parametrize("kernel", list(CONV_FLAGS), ids=lambda k: k.__name__)
-def test_conv_kernels_compile_every_config(kernel, dtype, arch, layout):
-    for config in shipped_configs(kernel, arch, everything=True):
-        check_conv_kernel(kernel, dtype, arch, config, layout)
+def test_conv_kernels_compile_every_config(kernel, dtype, arch, layout, flat):
+    for config in shipped_configs(kernel, arch, everything=True, flat=flat):
+        check_conv_kernel(kernel, dtype, arch, config, layout, flat)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -92,7 +101,7 @@ def test_fp64_conv_compiles(arch):
     # fp64 runs the same GEMM code with fp64 accumulation; it must compile, no tensor-core claim
     kernel = conv_kernels.conv2d_fwd_kernel
     config = triton.Config({"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 16, "GROUP_M": 8}, num_warps=4, num_stages=2)
-    flags = dict(CONV_FLAGS[kernel], PRECISION="ieee")
+    flags = dict(CONV_FLAGS[kernel], FLAT_TAPS=False, PRECISION="ieee")
     compiled = compile_kernel(kernel, conv_pointer_types(kernel, "fp64"), {**flags, **config.kwargs}, arch,
                               config.num_warps, config.num_stages)
     assert spill_bytes(compiled, arch) == 0

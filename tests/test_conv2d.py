@@ -25,6 +25,8 @@ PARITY_CASES = [
     ((2, 3, 5, 5), (4, 3, 5, 5), {}),  # kernel as large as the input: 1x1 output
     ((2, 3, 6, 7), (4, 3, 3, 3), dict(stride=2, dilation=2, padding=3)),  # stride with dilation: phases skip taps
     ((3, 70, 4, 4), (20, 70, 3, 3), dict(padding=1)),  # 70 channels: several channel blocks, masked tail
+    # more than 16 channels on both sides: every GEMM reduces tap by tap (not FLAT_TAPS), strided
+    ((2, 20, 7, 6), (24, 20, 3, 3), dict(stride=2, padding=1)),
 ]
 
 
