@@ -3,6 +3,7 @@ from dataclasses import dataclass
 
 import torch
 import triton
+from torch.autograd.function import once_differentiable
 
 from convtri import _args
 from convtri._launch import (FLOAT_DTYPES, INTERPRETER_CHANNELS, INTERPRETER_TILE_NUMEL, block, check_device,
@@ -280,6 +281,7 @@ class Conv2dFunction(torch.autograd.Function):
         return conv2d_forward(x, w, b, geom)
 
     @staticmethod
+    @once_differentiable  # our backward is not itself differentiable: say so rather than return zeros
     def backward(ctx, dy):
         x, w = ctx.saved_tensors
         needs_dx, needs_dw, needs_db, _ = ctx.needs_input_grad

@@ -13,12 +13,13 @@ def plot_curves(rows, path):
     for prefix, style, label in (("", "-", "convtri"), ("torch_", "--", "torch twin")):
         if prefix + "loss" not in rows[0]:
             continue
-        ax_loss.plot(epochs, [row[prefix + "loss"] for row in rows], style, label=f"{label} loss")
-        ax_acc.plot(epochs, [row[prefix + "train_acc"] for row in rows], style, label=f"{label} train acc")
-        ax_acc.plot(epochs, [row[prefix + "test_acc"] for row in rows], style, label=f"{label} test acc")
+        ax_loss.plot(epochs, [row[prefix + "loss"] for row in rows], style, marker="o", label=f"{label} loss")
+        ax_acc.plot(epochs, [row[prefix + "train_acc"] for row in rows], style, marker="o", label=f"{label} train acc")
+        ax_acc.plot(epochs, [row[prefix + "test_acc"] for row in rows], style, marker="s", label=f"{label} test acc")
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="training loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1))
     for ax in (ax_loss, ax_acc):
+        ax.set_xticks(epochs)
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
@@ -31,11 +32,11 @@ def plot_filters(net, image, path, title):
     """The first conv layer's kernels (top row) and the feature maps they make of ``image``
     after the activation (bottom row), next to the image itself."""
     conv, activation = net[0], net[1]
-    maps = activation(conv(image[None]))[0].cpu()
-    kernels = conv.weight[:, 0].cpu()
+    maps = activation(conv(image[None]))[0].float().cpu().numpy()
+    kernels = conv.weight[:, 0].float().cpu().numpy()
     count = kernels.shape[0]
     fig, axes = plt.subplots(2, count + 1, figsize=(1.6 * (count + 1), 3.4))
-    axes[0, 0].imshow(image[0].cpu(), cmap="gray")
+    axes[0, 0].imshow(image[0].float().cpu().numpy(), cmap="gray")
     axes[0, 0].set_title("input", fontsize=8)
     axes[1, 0].axis("off")
     for i in range(count):

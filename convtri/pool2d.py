@@ -280,6 +280,10 @@ class AvgPool2dFunction(torch.autograd.Function):
         return dx, None
 
 
+class AdaptiveAvgPool2dFunction(AvgPool2dFunction):
+    """adaptive_avg_pool2d: AvgPool2dFunction's kernels, with the adaptive windows of its geometry."""
+
+
 # ----------------------------------------------------------------------------- public ops
 
 def _batched(fn, input, *args):
@@ -312,4 +316,4 @@ def adaptive_avg_pool2d(input, output_size):
     """``torch.nn.functional.adaptive_avg_pool2d`` on convtri's Triton kernels; output_size 1
     is global average pooling."""
     geom = parse_adaptive_avg_pool2d_args(input, output_size)
-    return _batched(AvgPool2dFunction.apply, input, geom)
+    return _batched(AdaptiveAvgPool2dFunction.apply, input, geom)

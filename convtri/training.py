@@ -22,7 +22,7 @@ from convtri.models import LeNet, TorchLeNet
 # accuracy within a few epochs, so a plain `convtri lenet` takes minutes on 2 CPU cores.
 RECIPES = {
     "fashion-mnist": dict(variant="d2l", epochs=10, batch_size=256, lr=0.9, momentum=0.0),
-    "digits": dict(variant="modern", epochs=4, batch_size=64, lr=0.05, momentum=0.9),
+    "digits": dict(variant="modern", epochs=3, batch_size=32, lr=0.02, momentum=0.9),
 }
 
 
