@@ -62,7 +62,7 @@ def shipped_configs(kernel, arch, everything, flat):
         configs = [c for c in configs if conv_kernels.fits_flat_taps(c, FLAT_LIMITS[kernel])]
     if everything:
         return configs
-    # in CI: the largest tile, the one with the most registers
+    # the largest tile, the one with the most registers
     return [max(configs, key=lambda c: (c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"], c.num_stages))]
 
 
@@ -77,22 +77,14 @@ def check_conv_kernel(kernel, dtype, arch, config, layout, flat):
     assert spill_bytes(compiled, arch) == 0, f"{kernel.__name__} {dtype} {layout} flat={flat} sm_{arch} {config}: spills"
 
 
+# CI compiles the largest config of each kernel; --runslow every shipped one
+@pytest.mark.parametrize("everything", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["largest", "every"])
 @pytest.mark.parametrize("layout, flat", LAYOUTS)
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("dtype", ["fp16", "bf16", "fp32"])
 @pytest.mark.parametrize("kernel", list(CONV_FLAGS), ids=lambda k: k.__name__)
-def test_conv_kernels_compile(kernel, dtype, arch, layout, flat):
-    for config in shipped_configs(kernel, arch, everything=False, flat=flat):
-        check_conv_kernel(kernel, dtype, arch, config, layout, flat)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("layout, flat", LAYOUTS)
-@pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("dtype", ["fp16", "bf16", "fp32"])
-@pytest.mark.parametrize("kernel", list(CONV_FLAGS), ids=lambda k: k.__name__)
-def test_conv_kernels_compile_every_config(kernel, dtype, arch, layout, flat):
-    for config in shipped_configs(kernel, arch, everything=True, flat=flat):
+def test_conv_kernels_compile(kernel, dtype, arch, layout, flat, everything):
+    for config in shipped_configs(kernel, arch, everything, flat):
         check_conv_kernel(kernel, dtype, arch, config, layout, flat)
 
 
