@@ -10,8 +10,7 @@ import tempfile
 
 import triton
 from triton.backends.compiler import GPUTarget
-
-PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+from triton.backends.nvidia.compiler import get_ptxas
 TRITON_TYPE = {"fp16": "*fp16", "bf16": "*bf16", "fp32": "*fp32", "fp64": "*fp64", "i64": "*i64", "i8": "*i8"}
 
 
@@ -48,7 +47,8 @@ def spill_bytes(compiled, capability: int) -> int:
         ptx = os.path.join(tmp, "kernel.ptx")
         with open(ptx, "w") as f:
             f.write(compiled.asm["ptx"])
-        report = subprocess.run([PTXAS, "-v", f"--gpu-name={arch}", ptx, "-o", os.path.join(tmp, "kernel.cubin")],
+        ptxas = get_ptxas(capability).path  # the ptxas that Triton itself uses for this target
+        report = subprocess.run([ptxas, "-v", f"--gpu-name={arch}", ptx, "-o", os.path.join(tmp, "kernel.cubin")],
                                 capture_output=True, text=True, check=True).stderr
     spills = [int(v) for v in re.findall(r"(\d+) bytes spill (?:stores|loads)", report)]
     assert spills, report
