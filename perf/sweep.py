@@ -1,0 +1,386 @@
+"""The performance sweep: convtri against cuDNN (conv) and torch's native pooling, side by side.
+
+    python perf/sweep.py --suite resnet50 --out resnet50.csv          # a GPU
+    python perf/sweep.py --suite all --results-dir perf/results       # the full sweep, plots and README
+    python perf/sweep.py --suite smoke --out smoke.csv                 # CPU smoke run (interpreter)
+
+Every point checks convtri's result against the baseline's, then times both. One CSV row per
+(suite, shape, op, dtype, layout, provider). perf/README.md explains the columns.
+"""
+import argparse
+import csv
+import datetime
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import triton
+import triton.testing
+
+import convtri
+
+PERF_DIR = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, PERF_DIR)
+import plot  # noqa: E402  (perf/plot.py, which draws the results dir's PNGs and README)
+import shapes  # noqa: E402
+
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+LAYOUTS = {"nchw": torch.contiguous_format, "nhwc": torch.channels_last}
+# --ops names the conv passes; pooling's only backward (the input gradient) answers to dgrad.
+POOL_OP = {"fwd": "fwd", "dgrad": "bwd", "fwdbwd": "fwdbwd"}
+
+# Relative L2 error ||ours - ref|| / ||ref|| allowed against the baseline's own output.
+TOLERANCE = {"fp16": 1e-2, "bf16": 5e-2, "fp32": 1e-4, "tf32": 1e-2}
+
+# Peaks per GPU: dense tensor-core TFLOP/s (fp16/bf16, TF32), fp32 without tensor cores, HBM GB/s.
+# SXM parts, matched on torch.cuda.get_device_name(); H100 PCIe/NVL have lower peaks, and no
+# entry here: their rows leave pct_peak empty rather than show a wrong percentage.
+GPU_PEAKS = [
+    (r"H200", dict(fp16=989, bf16=989, tf32=495, fp32=67, hbm=4800)),
+    (r"H100(?!.*(PCIe|NVL))", dict(fp16=989, bf16=989, tf32=495, fp32=67, hbm=3350)),
+    (r"A100", dict(fp16=312, bf16=312, tf32=156, fp32=19.5, hbm=2000)),
+]
+
+RUN_GPU = "gpu"
+RUN_CPU_SMOKE = "cpu-smoke (not a performance measurement)"
+TIMER_GPU = "do_bench"
+TIMER_CPU = "cpu-wallclock"
+
+COLUMNS = [
+    "suite", "shape", "kind", "op", "dtype", "layout", "provider", "baseline", "impl_layout", "params",
+    "ms", "ms_p20", "ms_p80", "flop", "bytes", "intensity", "tflops", "gbps",
+    "peak_tflops", "peak_gbps", "pct_peak", "speedup", "err", "tol", "ok", "note",
+    "run", "timer", "tf32", "device", "gpu", "torch", "triton", "cudnn", "commit", "timestamp", "command",
+]
+
+
+# ----------------------------------------------------------------------------- environment
+
+def git_commit():
+    """HEAD, with -dirty when tracked files differ from it; "unknown" outside a checkout."""
+    def git(*args):
+        return subprocess.run(["git", "-C", PERF_DIR, *args], capture_output=True, text=True, check=True).stdout
+    try:
+        head = git("rev-parse", "HEAD").strip()
+        return head + ("-dirty" if git("status", "--porcelain", "--untracked-files=no").strip() else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def environment(device, command):
+    """What every row carries about the machine and the code."""
+    gpu = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    return dict(
+        run=RUN_GPU if device == "cuda" else RUN_CPU_SMOKE,
+        timer=TIMER_GPU if device == "cuda" else TIMER_CPU,
+        device=device, gpu=gpu, torch=torch.__version__, triton=triton.__version__,
+        cudnn=torch.backends.cudnn.version() if device == "cuda" else None,
+        commit=git_commit(), timestamp=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        command=command)
+
+
+def gpu_peaks(gpu):
+    for pattern, peaks in GPU_PEAKS:
+        if re.search(pattern, gpu):
+            return peaks
+    return None
+
+
+def uses_tf32(dtype, device):
+    """convtri's rule, and cuDNN's: fp32 on CUDA runs TF32 exactly when cudnn.allow_tf32."""
+    return dtype == "fp32" and device == "cuda" and torch.backends.cudnn.allow_tf32
+
+
+def slug(gpu):
+    return re.sub(r"[^a-z0-9]+", "-", gpu.lower()).strip("-")
+
+
+# ----------------------------------------------------------------------------- timing
+
+def bench(fn, device, args):
+    """(median, p20, p80) milliseconds of fn(): do_bench on CUDA, a wall-clock loop on CPU."""
+    if device == "cuda":
+        return tuple(triton.testing.do_bench(fn, warmup=args.warmup_ms, rep=args.rep_ms, quantiles=[0.5, 0.2, 0.8]))
+    fn()
+    times = []
+    for _ in range(args.cpu_repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return tuple(float(t) for t in np.percentile(times, [50, 20, 80]))
+
+
+def rel_error(ours, ref):
+    """The largest relative L2 error over the outputs (y, or the gradients)."""
+    worst = 0.0
+    for a, b in zip(_as_tuple(ours), _as_tuple(ref)):
+        a, b = a.double(), b.double()
+        scale = torch.linalg.vector_norm(b).item() or 1.0
+        worst = max(worst, torch.linalg.vector_norm(a - b).item() / scale)  # NaN stays NaN
+    return worst
+
+
+def _as_tuple(out):
+    return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+
+
+# ----------------------------------------------------------------------------- cases
+
+class Case:
+    """One (shape, op, dtype) on one device: the tensors, and the callable each provider times.
+
+    fwd times the forward alone; dgrad / wgrad (pooling: bwd) time
+    torch.autograd.grad(y, x or w, dy, retain_graph=True) with y computed once, untimed, and
+    only that tensor requiring grad; fwdbwd times the forward and all gradients together.
+    """
+
+    def __init__(self, shape, op, dtype, device, seed):
+        self.shape, self.op = shape, op
+        gen = torch.Generator(device=device).manual_seed(seed)
+        randn = lambda size: torch.randn(size, generator=gen, device=device).to(DTYPES[dtype])
+        self.tensors = [randn(shape.input_shape)] + ([randn(shape.weight_shape)] if shape.kind == "conv" else [])
+        self.dy = randn(shape.output_shape)
+        self.wrt = {"fwd": [], "dgrad": [0], "bwd": [0], "wgrad": [1], "fwdbwd": list(range(len(self.tensors)))}[op]
+
+    def forward(self, lib):
+        """The op from ``lib``: convtri, torch.nn.functional, or anything with their signatures."""
+        s = self.shape
+        if s.kind == "conv":
+            return lambda x, w: lib.conv2d(x, w, None, s.stride, s.padding, 1, s.groups)
+        if s.op == "max":
+            return lambda x: lib.max_pool2d(x, s.kernel, s.stride, s.padding, ceil_mode=s.ceil_mode)
+        if s.op == "avg":
+            return lambda x: lib.avg_pool2d(x, s.kernel, s.stride, s.padding, ceil_mode=s.ceil_mode)
+        return lambda x: lib.adaptive_avg_pool2d(x, s.output_size)
+
+    def callable(self, forward, layout):
+        """What is timed, with the inputs (and dy) in ``layout``."""
+        fmt = LAYOUTS[layout]
+        leaves = [t.contiguous(memory_format=fmt).requires_grad_(i in self.wrt) for i, t in enumerate(self.tensors)]
+        wrt = [leaves[i] for i in self.wrt]
+        dy = self.dy.contiguous(memory_format=fmt)
+        if self.op == "fwd":
+            return lambda: forward(*leaves)
+        if self.op == "fwdbwd":
+            return lambda: torch.autograd.grad(forward(*leaves), wrt, dy)
+        y = forward(*leaves)
+        return lambda: torch.autograd.grad(y, wrt, dy, retain_graph=True)
+
+
+def baseline_name(kind, device):
+    if device == "cpu":
+        return "torch-cpu"
+    return "cudnn" if kind == "conv" else "torch"
+
+
+# ----------------------------------------------------------------------------- the sweep
+
+class Sweep:
+    def __init__(self, args, env):
+        self.args, self.env = args, env
+        self.peaks = gpu_peaks(env["gpu"]) if args.device == "cuda" else None
+        self.baselines = {}  # (shape, op, dtype) -> (layout, timing) of the better baseline layout
+        self.rows = []
+
+    def run(self, members):
+        for suite, shape in members:
+            for dtype in self.args.dtypes:
+                for op in self.ops(shape):
+                    for layout in self.args.layouts:
+                        self.point(suite, shape, op, dtype, layout)
+        return self.rows
+
+    def ops(self, shape):
+        if shape.kind == "conv":
+            return [op for op in self.args.ops if op in shapes.CONV_OPS]
+        return [POOL_OP[op] for op in self.args.ops if op in POOL_OP]
+
+    def point(self, suite, shape, op, dtype, layout):
+        """One (shape, op, dtype, layout): correctness first, then ours and the baseline timed."""
+        device = self.args.device
+        base = dict(suite=suite, shape=shape.name, kind=shape.kind, op=op, dtype=dtype, layout=layout,
+                    params=shape.describe(), baseline=baseline_name(shape.kind, device))
+        case = Case(shape, op, dtype, device, self.args.seed)
+        tol = TOLERANCE["tf32" if uses_tf32(dtype, device) else dtype]
+        try:
+            ref_fn = case.callable(case.forward(F), layout)
+            ref = ref_fn()
+        except Exception as e:  # no baseline, nothing to compare with: say so and move on
+            self.emit(base, shape, case, provider=base["baseline"], note=f"baseline failed: {_short(e)}", ok=False)
+            return
+        base_layout, base_time = self.baseline(shape, op, dtype, case, layout, ref_fn)
+        self.emit(base, shape, case, provider=base["baseline"], timing=base_time, impl_layout=base_layout,
+                  speedup=1.0, err=0.0, tol=tol, ok=True, note="")
+        providers = [("convtri", lambda: case.forward(convtri))]
+        if self.args.compile_baseline:
+            providers.append(("torch-compile", lambda: _compiled(case.forward(F))))
+        for provider, forward in providers:
+            try:
+                fn = case.callable(forward(), layout)
+                err = rel_error(fn(), ref)
+                timing = bench(fn, device, self.args)
+            except Exception as e:  # a failure is a row too
+                self.emit(base, shape, case, provider=provider, tol=tol, ok=False, note=f"failed: {_short(e)}")
+                continue
+            ok = err <= tol
+            self.emit(base, shape, case, provider=provider, timing=timing, impl_layout=layout, tol=tol, err=err,
+                      ok=ok, speedup=base_time[0] / timing[0], note="" if ok else "mismatch: excluded from summaries")
+        del case, ref, ref_fn
+        if device == "cuda":
+            torch.cuda.empty_cache()
+
+    def baseline(self, shape, op, dtype, case, layout, ref_fn):
+        """The baseline timed in NCHW and channels_last, once per (shape, op, dtype): the faster wins."""
+        key = (shape.name, op, dtype)
+        if key not in self.baselines:
+            timings = {}
+            for candidate in LAYOUTS:
+                fn = ref_fn if candidate == layout else case.callable(case.forward(F), candidate)
+                timings[candidate] = bench(fn, self.args.device, self.args)
+            best = min(timings, key=lambda name: timings[name][0])
+            self.baselines[key] = (best, timings[best])
+        return self.baselines[key]
+
+    def emit(self, base, shape, case, provider, timing=(math.nan,) * 3, impl_layout="", speedup=math.nan,
+             err=math.nan, tol=math.nan, ok=False, note=""):
+        dtype = base["dtype"]
+        itemsize = DTYPES[dtype].itemsize
+        flop, traffic = shape.flop(case.op), shape.traffic(case.op, itemsize)
+        ms = timing[0]
+        tflops = flop / ms / 1e9 if shape.kind == "conv" else math.nan
+        gbps = traffic / ms / 1e6
+        tf32 = uses_tf32(dtype, self.args.device)
+        peak_tflops = peak_gbps = pct = math.nan
+        if self.peaks:
+            peak_tflops = self.peaks["tf32" if tf32 else dtype]
+            peak_gbps = self.peaks["hbm"]
+            pct = 100 * (tflops / peak_tflops if shape.kind == "conv" else gbps / peak_gbps)
+        row = dict(base, provider=provider, impl_layout=impl_layout, ms=ms, ms_p20=timing[1], ms_p80=timing[2],
+                   flop=flop, bytes=traffic, intensity=flop / traffic, tflops=tflops, gbps=gbps,
+                   peak_tflops=peak_tflops, peak_gbps=peak_gbps, pct_peak=pct, speedup=speedup,
+                   err=err, tol=tol, ok=ok, note=note, tf32=tf32, **self.env)
+        self.rows.append(row)
+        print(f"{row['suite']:>9} {row['shape']:<34} {row['op']:<6} {dtype} {row['layout']} {provider:<13} "
+              f"{ms:9.4f} ms  x{speedup:<8.3g} err {err:.1e} {'ok' if ok else note}", flush=True)
+
+
+def _compiled(forward):
+    """torch.compile(max-autotune) of the forward; each point compiles afresh."""
+    torch._dynamo.reset()
+    return torch.compile(forward, mode="max-autotune", dynamic=False)
+
+
+def _short(e):
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
+
+
+def write_csv(rows, path):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _cell(row[k]) for k in COLUMNS})
+
+
+def _cell(v):
+    if isinstance(v, float):
+        return "" if math.isnan(v) else f"{v:.6g}"
+    return "" if v is None else v
+
+
+# ----------------------------------------------------------------------------- command line
+
+def _choices(allowed):
+    """A list option: space- or comma-separated, each from ``allowed``."""
+    def parse(text):
+        items = [item for item in text.split(",") if item]
+        for item in items:
+            if item not in allowed:
+                raise argparse.ArgumentTypeError(f"{item!r} is not one of {', '.join(allowed)}")
+        return items
+    return parse
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--suite", choices=list(shapes.SUITES), default=None,
+                   help="shapes to run (default: all on a GPU, smoke on CPU)")
+    p.add_argument("--ops", type=_choices(shapes.CONV_OPS), nargs="+", default=[list(shapes.CONV_OPS)],
+                   help="passes (default: all); pooling runs fwd, dgrad (its backward, 'bwd') and fwdbwd")
+    p.add_argument("--dtypes", type=_choices(list(DTYPES)), nargs="+", default=None,
+                   help="default: fp16 bf16 fp32 on a GPU, fp32 on CPU")
+    p.add_argument("--layouts", type=_choices(list(LAYOUTS)), nargs="+", default=[list(LAYOUTS)],
+                   help="memory format of convtri's inputs (default: both)")
+    p.add_argument("--out", help="CSV path (default: sweep.csv, or RESULTS_DIR/<gpu>/sweep.csv)")
+    p.add_argument("--results-dir", help="write CSV, PNGs and README.md to RESULTS_DIR/<gpu-name>/")
+    p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
+    p.add_argument("--tf32", choices=["on", "off"], default="on",
+                   help="torch.backends.cudnn.allow_tf32 for both sides (default on, torch's default)")
+    p.add_argument("--compile-baseline", action="store_true",
+                   help="also time torch.compile(mode='max-autotune') (slow; failures are recorded)")
+    p.add_argument("--shapes", nargs="+", help="only these shape names of the suite")
+    p.add_argument("--list", action="store_true", help="print the suite's shapes and exit")
+    p.add_argument("--warmup-ms", type=int, default=25, help="do_bench warmup")
+    p.add_argument("--rep-ms", type=int, default=100, help="do_bench measuring time")
+    p.add_argument("--cpu-repeats", type=int, default=3, help="timed calls per point on CPU, after one warm-up")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.suite is None:
+        args.suite = "all" if args.device == "cuda" else "smoke"
+    args.ops = _flat(args.ops)
+    args.layouts = _flat(args.layouts)
+    args.dtypes = _flat(args.dtypes) if args.dtypes else (list(DTYPES) if args.device == "cuda" else ["fp32"])
+    if args.device == "cpu" and args.suite != "smoke" and not args.list:
+        p.error(f"--suite {args.suite} needs a CUDA GPU: on CPU our kernels run through Triton's "
+                f"interpreter, which measures nothing; use --suite smoke")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA GPU available")
+    return args
+
+
+def _flat(lists):
+    return list(dict.fromkeys(item for items in lists for item in items))
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    members = shapes.suite_members(args.suite)
+    if args.shapes:
+        unknown = set(args.shapes) - {shape.name for _, shape in members}
+        if unknown:
+            raise SystemExit(f"no shape named {', '.join(sorted(unknown))} in suite {args.suite}")
+        members = [(suite, shape) for suite, shape in members if shape.name in args.shapes]
+    if args.list:
+        for suite, shape in members:
+            print(f"{suite:<10} {shape.name:<34} {shape.describe()}")
+        return None
+
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = args.tf32 == "on"
+    command = " ".join(["python", os.path.relpath(os.path.abspath(__file__)), *argv])
+    env = environment(args.device, command)
+    if args.device == "cpu":
+        print(f"CPU smoke run: Triton's interpreter against torch's CPU ops. {RUN_CPU_SMOKE}.")
+    out_dir = os.path.join(args.results_dir, slug(env["gpu"])) if args.results_dir else None
+    out = args.out or (os.path.join(out_dir, "sweep.csv") if out_dir else "sweep.csv")
+
+    rows = Sweep(args, env).run(members)
+    write_csv(rows, out)
+    print(f"wrote {len(rows)} rows to {out}")
+    if out_dir:
+        plot.main([out, "--out-dir", out_dir, "--readme"])
+    return out
+
+
+if __name__ == "__main__":
+    main()
