@@ -34,6 +34,7 @@ WRONG_BAR = dict(facecolor="lightgrey", hatch="///", edgecolor="red", linewidth=
 FAILED_MARK = dict(marker="x", color="red", markersize=7, linestyle="none")
 DPI = 110
 MIN_WIDTH = 9.0  # inches: the two header lines fit at fontsize 9
+MAX_SPEEDUP_TICKS = 8  # labelled powers of two on a speedup axis, so that labels never overlap
 
 
 # ----------------------------------------------------------------------------- data
@@ -70,19 +71,21 @@ def usable(row):
     return row["ok"] and row["speedup"] > 0 and math.isfinite(row["speedup"])
 
 
-def geomean_table(rows, provider=OURS):
-    """{(kind, op): {dtype: (geomean speedup or nan, rows used, rows excluded)}}."""
+def geomean_table(rows, provider=OURS, by="kind"):
+    """{(row[by], op): {dtype: (geomean speedup or nan, rows used, rows excluded)}}, ``by`` being
+    "kind" (conv or pool) or "suite"."""
     groups = defaultdict(list)
     for row in rows:
         if row["provider"] == provider:
-            groups[(row["kind"], row["op"]), row["dtype"]].append(row)
+            groups[(row[by], row["op"]), row["dtype"]].append(row)
     table = defaultdict(dict)
-    for (kind_op, dtype), group in groups.items():
+    for (key, dtype), group in groups.items():
         used = [row["speedup"] for row in group if usable(row)]
         gm = math.exp(sum(math.log(s) for s in used) / len(used)) if used else math.nan
-        table[kind_op][dtype] = (gm, len(used), len(group) - len(used))
-    kinds = ordered([k for k, _ in table], ["conv", "pool"])
-    return {(k, op): table[(k, op)] for k in kinds for op in ordered([o for kk, o in table if kk == k], OP_ORDER)}
+        table[key][dtype] = (gm, len(used), len(group) - len(used))
+    firsts = ordered([first for first, _ in table], ["conv", "pool"] if by == "kind" else unique(rows, by))
+    return {(first, op): table[(first, op)] for first in firsts
+            for op in ordered([o for f, o in table if f == first], OP_ORDER)}
 
 
 def baseline_label(rows):
@@ -155,12 +158,21 @@ def plot_speedup(rows, suite, path):
 
 
 def _speedup_axis(axis, low, high):
-    """A log axis with ticks at powers of two, written 0.5x, 1x, 2x."""
+    """A log axis with ticks at powers of two, 1x always among them, written 1/4x, 1x, 2x."""
     axis.axes.set_yscale("log", base=2)
     axis.axes.set_ylim(low, high)
-    axis.set_major_locator(matplotlib.ticker.LogLocator(base=2))
-    axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}x" if v >= 1 / 16 else f"1/{1 / v:.0f}x"))
+    exponents = range(math.floor(math.log2(low)), math.ceil(math.log2(high)) + 1)
+    step = max(1, math.ceil(len(exponents) / MAX_SPEEDUP_TICKS))
+    axis.set_major_locator(matplotlib.ticker.FixedLocator([2.0 ** e for e in exponents if e % step == 0]))
+    axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: ratio_text(v)))
     axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+
+
+def ratio_text(v):
+    """A speedup as text: 2x, 1.23x, 0.5x, and below 0.1 as a fraction, 1/2490x."""
+    if not math.isfinite(v):
+        return "-"
+    return f"{v:.3g}x" if v >= 0.1 else f"1/{round(1 / v)}x"
 
 
 def plot_roofline(rows, path):
@@ -236,7 +248,7 @@ def plot_summary(rows, path):
         ax.imshow(np.ma.masked_where(~np.isfinite(values), image), cmap="RdYlGn", vmin=-2, vmax=2, aspect="auto")
         for (i, key), (j, dtype) in ((a, b) for a in enumerate(keys) for b in enumerate(dtypes)):
             gm, used, excluded = table[key].get(dtype, (math.nan, 0, 0))
-            text = ("-" if not math.isfinite(gm) else f"{gm:.2f}x") + f"\nn={used}"
+            text = ratio_text(gm) + f"\nn={used}"
             text += f", {excluded} excluded" if excluded else ""
             dark = math.isfinite(gm) and abs(math.log2(gm)) > 1.3 and not is_smoke(rows)
             ax.text(j, i, text, ha="center", va="center", fontsize=9, color="white" if dark else "black")
@@ -245,25 +257,24 @@ def plot_summary(rows, path):
         ax.set_yticks(range(len(keys)))
         ax.set_yticklabels([f"{kind} {op}" for kind, op in keys])
         ax.set_title(f"{provider}: geometric-mean speedup over {baseline_label(rows)}", fontsize=10, loc="left")
-    _title(fig, rows, "Summary: over shapes and layouts; rows failing the correctness check are excluded"
-                      f"")
+    _title(fig, rows, "Summary: over shapes and layouts; rows failing the correctness check are excluded")
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
 
 
 # ----------------------------------------------------------------------------- README
 
-def markdown_table(rows, provider=OURS):
-    table = geomean_table(rows, provider)
+def markdown_table(rows, provider=OURS, by="kind"):
+    table = geomean_table(rows, provider, by)
     dtypes = ordered({d for cells in table.values() for d in cells}, DTYPE_ORDER)
-    lines = ["| op | " + " | ".join(dtypes) + " |", "|---|" + "---|" * len(dtypes)]
-    for (kind, op), cells in table.items():
+    lines = [f"| {by}, op | " + " | ".join(dtypes) + " |", "|---|" + "---|" * len(dtypes)]
+    for (first, op), cells in table.items():
         out = []
         for d in dtypes:
             gm, used, excluded = cells.get(d, (math.nan, 0, 0))
-            out.append(("-" if not math.isfinite(gm) else f"{gm:.2f}x") + f" (n={used}"
+            out.append(ratio_text(gm) + f" (n={used}"
                        + (f", {excluded} excluded)" if excluded else ")"))
-        lines.append(f"| {kind} {op} | " + " | ".join(out) + " |")
+        lines.append(f"| {first} {op} | " + " | ".join(out) + " |")
     return "\n".join(lines)
 
 
@@ -279,7 +290,7 @@ def write_readme(rows, out_dir, pngs, csv_names):
     parts += [f"Geometric-mean speedup of convtri over {baseline}, each timed in NCHW and channels_last with the "
               "faster kept, over the shapes and layouts of the sweep. n counts the points; those failing the "
               "correctness check are excluded and counted.", "",
-              markdown_table(rows), ""]
+              markdown_table(rows), "", "Per suite:", "", markdown_table(rows, by="suite"), ""]
     if any(row["provider"] == "torch-compile" for row in rows):
         parts += ["torch.compile(mode='max-autotune') against the same baseline:", "",
                   markdown_table(rows, "torch-compile"), ""]

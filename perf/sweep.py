@@ -10,6 +10,7 @@ Every point checks convtri's result against the baseline's, then times both. One
 import argparse
 import csv
 import datetime
+import glob
 import math
 import os
 import re
@@ -182,8 +183,9 @@ def baseline_name(kind, device):
 # ----------------------------------------------------------------------------- the sweep
 
 class Sweep:
-    def __init__(self, args, env):
-        self.args, self.env = args, env
+    def __init__(self, args, env, sink):
+        """``sink(row)`` receives each row as soon as it is measured."""
+        self.args, self.env, self.sink = args, env, sink
         self.peaks = gpu_peaks(env["gpu"]) if args.device == "cuda" else None
         self.baselines = {}  # (shape, op, dtype) -> (layout, timing) of the better baseline layout
         self.rows = []
@@ -266,6 +268,7 @@ class Sweep:
                    peak_tflops=peak_tflops, peak_gbps=peak_gbps, pct_peak=pct, speedup=speedup,
                    err=err, tol=tol, ok=ok, note=note, tf32=tf32, **self.env)
         self.rows.append(row)
+        self.sink(row)
         print(f"{row['suite']:>9} {row['shape']:<34} {row['op']:<6} {dtype} {row['layout']} {provider:<13} "
               f"{ms:9.4f} ms  x{speedup:<8.3g} err {err:.1e} {'ok' if ok else note}", flush=True)
 
@@ -280,13 +283,25 @@ def _short(e):
     return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
 
 
-def write_csv(rows, path):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: _cell(row[k]) for k in COLUMNS})
+class CsvWriter:
+    """The sweep's CSV, written row by row and flushed, so that a run cut short (a GPU lease
+    ending, a crash) keeps every point measured so far."""
+
+    def __init__(self, path):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self.file = open(path, "w", newline="")
+        self.writer = csv.DictWriter(self.file, fieldnames=COLUMNS)
+        self.writer.writeheader()
+
+    def __call__(self, row):
+        self.writer.writerow({k: _cell(row[k]) for k in COLUMNS})
+        self.file.flush()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()
 
 
 def _cell(v):
@@ -318,8 +333,9 @@ def parse_args(argv):
                    help="default: fp16 bf16 fp32 on a GPU, fp32 on CPU")
     p.add_argument("--layouts", type=_choices(list(LAYOUTS)), nargs="+", default=[list(LAYOUTS)],
                    help="memory format of convtri's inputs (default: both)")
-    p.add_argument("--out", help="CSV path (default: sweep.csv, or RESULTS_DIR/<gpu>/sweep.csv)")
-    p.add_argument("--results-dir", help="write CSV, PNGs and README.md to RESULTS_DIR/<gpu-name>/")
+    p.add_argument("--out", help="CSV path (default: SUITE.csv, or RESULTS_DIR/<gpu>/SUITE.csv)")
+    p.add_argument("--results-dir", help="write SUITE.csv to RESULTS_DIR/<gpu-name>/, then PNGs and README.md "
+                                         "from every CSV there (run suites one by one into the same folder)")
     p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
     p.add_argument("--tf32", choices=["on", "off"], default="on",
                    help="torch.backends.cudnn.allow_tf32 for both sides (default on, torch's default)")
@@ -367,18 +383,19 @@ def main(argv=None):
 
     torch.backends.cudnn.benchmark = True
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = args.tf32 == "on"
-    command = " ".join(["python", os.path.relpath(os.path.abspath(__file__)), *argv])
+    command = " ".join(["python", "perf/sweep.py", *argv])  # as run from the repository's root
     env = environment(args.device, command)
     if args.device == "cpu":
         print(f"CPU smoke run: Triton's interpreter against torch's CPU ops. {RUN_CPU_SMOKE}.")
     out_dir = os.path.join(args.results_dir, slug(env["gpu"])) if args.results_dir else None
-    out = args.out or (os.path.join(out_dir, "sweep.csv") if out_dir else "sweep.csv")
+    out = args.out or os.path.join(out_dir or ".", f"{args.suite}.csv")
 
-    rows = Sweep(args, env).run(members)
-    write_csv(rows, out)
+    with CsvWriter(out) as sink:
+        rows = Sweep(args, env, sink).run(members)
     print(f"wrote {len(rows)} rows to {out}")
-    if out_dir:
-        plot.main([out, "--out-dir", out_dir, "--readme"])
+    if out_dir:  # plots and README over every suite measured there so far
+        csvs = sorted({os.path.abspath(path) for path in glob.glob(os.path.join(out_dir, "*.csv")) + [out]})
+        plot.main([*csvs, "--out-dir", out_dir, "--readme"])
     return out
 
 

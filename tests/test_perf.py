@@ -81,7 +81,50 @@ def test_smoke_plots(smoke):
     for name in ("speedup_smoke.png", "roofline.png", "summary.png"):
         assert (tmp / "plots" / name).read_bytes()[:8] == PNG_MAGIC, name
     readme = (tmp / "plots" / "README.md").read_text()
-    assert "CPU SMOKE RUN" in readme and "| conv fwd |" in readme
+    assert "CPU SMOKE RUN" in readme and "| conv fwd |" in readme and "| smoke fwd |" in readme
+
+
+def test_sweep_options_select_points(tmp_path):
+    """--ops, --dtypes, --layouts and --shapes each narrow the sweep; pooling answers dgrad with bwd."""
+    _run(PERF / "sweep.py", "--suite", "smoke", "--ops", "fwd,dgrad", "--dtypes", "fp16", "--layouts", "nhwc",
+         "--shapes", "smoke_3x3", "smoke_max3x3s2", "--out", tmp_path / "some.csv", cwd=tmp_path)
+    with open(tmp_path / "some.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {(r["shape"], r["op"]) for r in rows} == {("smoke_3x3", "fwd"), ("smoke_3x3", "dgrad"),
+                                                     ("smoke_max3x3s2", "fwd"), ("smoke_max3x3s2", "bwd")}
+    assert {(r["dtype"], r["layout"]) for r in rows} == {("fp16", "nhwc")}
+    assert all(r["ok"] == "True" for r in rows), [(r["shape"], r["op"], r["err"]) for r in rows]
+    # the baseline is timed in both layouts and the faster one is named
+    assert {r["impl_layout"] for r in rows if r["provider"] == "torch-cpu"} <= {"nchw", "nhwc"}
+
+
+def test_results_dir_gathers_suites(tmp_path):
+    """--results-dir writes <dir>/<device>/<suite>.csv, then PNGs and README.md from every CSV there."""
+    _run(PERF / "sweep.py", "--suite", "smoke", "--ops", "fwd", "--shapes", "smoke_3x3", "--results-dir",
+         tmp_path / "results", cwd=tmp_path)
+    out = tmp_path / "results" / "cpu"
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "roofline.png", "smoke.csv", "speedup_smoke.png",
+                                                     "summary.png"]
+    readme = (out / "README.md").read_text()
+    assert "`python perf/sweep.py --suite smoke" in readme and "CPU SMOKE RUN" in readme
+
+
+def test_mismatch_is_reported_and_excluded(tmp_path, monkeypatch):
+    """A wrong result is flagged in its row and left out of every summary, however fast."""
+    import convtri
+    sweep, plot = _load("sweep"), _load("plot")
+    real = convtri.conv2d
+    monkeypatch.setattr(convtri, "conv2d", lambda *args: real(*args) * 1.5)
+    out = sweep.main(["--suite", "smoke", "--ops", "fwd", "--shapes", "smoke_3x3", "smoke_global_avg",
+                      "--layouts", "nchw", "--out", str(tmp_path / "bad.csv")])
+    rows = plot.read_rows([out])
+    ours = {r["shape"]: r for r in rows if r["provider"] == "convtri"}
+    assert not ours["smoke_3x3"]["ok"] and "mismatch" in ours["smoke_3x3"]["note"]
+    assert ours["smoke_3x3"]["err"] == pytest.approx(0.5, rel=1e-6)
+    assert ours["smoke_global_avg"]["ok"]  # pooling untouched
+    table = plot.geomean_table(rows)
+    assert table[("conv", "fwd")]["fp32"][1:] == (0, 1)  # no point used, one excluded
+    assert plot.geomean_table(rows)[("pool", "fwd")]["fp32"][1:] == (1, 0)
 
 
 # ----------------------------------------------------------------------------- formulas
@@ -192,6 +235,46 @@ def test_cpu_refuses_gpu_suites():
     sweep = _load("sweep")
     with pytest.raises(SystemExit):
         sweep.parse_args(["--suite", "resnet50", "--device", "cpu"])
+
+
+def _gpu_rows():
+    """Rows shaped like a GPU run's, with made-up times (test data only, never a result):
+    they drive the plotting paths a CPU run cannot reach, the roofline under known peaks."""
+    sweep = _load("sweep")
+    env = dict(run="gpu", timer="do_bench", device="cuda", gpu="NVIDIA H100 80GB HBM3", torch="2.11.0",
+               triton="3.6.0", cudnn="91000", commit="0" * 40, timestamp="2026-01-01T00:00:00+00:00",
+               command="python perf/sweep.py --suite all")
+    peaks = sweep.gpu_peaks(env["gpu"])
+    rows = []
+    for i, (suite, shape) in enumerate(shapes.suite_members("all")[::6]):  # every sixth: both kinds, most suites
+        for op in (shapes.CONV_OPS if shape.kind == "conv" else shapes.POOL_OPS):
+            for dtype in ("bf16", "fp32"):
+                flop, traffic = shape.flop(op), shape.traffic(op, sweep.DTYPES[dtype].itemsize)
+                for provider, ms, ok in ((shape.kind == "conv" and "cudnn" or "torch", 1.0, True),
+                                         ("convtri", 0.5 + i % 3, i % 5 != 1), ("convtri-failed", math.nan, False)):
+                    rows.append(dict(
+                        suite=suite, shape=shape.name, kind=shape.kind, op=op, dtype=dtype, layout="nhwc",
+                        provider=provider.removesuffix("-failed"), baseline="cudnn", impl_layout="nhwc",
+                        params=shape.describe(), ms=ms, ms_p20=ms, ms_p80=ms, flop=flop, bytes=traffic,
+                        intensity=flop / traffic, tflops=flop / ms / 1e9, gbps=traffic / ms / 1e6,
+                        peak_tflops=peaks["tf32" if dtype == "fp32" else dtype], peak_gbps=peaks["hbm"],
+                        pct_peak=math.nan, speedup=1.0 / ms, err=0.0, tol=1e-2, ok=ok, note="", tf32=dtype == "fp32",
+                        **env))
+    return sweep, rows
+
+
+def test_gpu_shaped_plots(tmp_path):
+    """The roofline with peaks, failed and wrong points, and the README table, on GPU-shaped rows."""
+    sweep, rows = _gpu_rows()
+    with sweep.CsvWriter(tmp_path / "gpu.csv") as sink:
+        for row in rows:
+            sink(row)
+    _run(PERF / "plot.py", tmp_path / "gpu.csv", "--out-dir", tmp_path / "plots", "--readme", cwd=tmp_path)
+    names = sorted(p.name for p in (tmp_path / "plots").iterdir())
+    assert {"roofline.png", "summary.png", "README.md"} <= set(names) and len(names) > 4
+    readme = (tmp_path / "plots" / "README.md").read_text()
+    assert "SMOKE" not in readme and "NVIDIA H100 80GB HBM3" in readme
+    assert "excluded" in readme  # the wrong and failed points are counted out
 
 
 def test_geomean_excludes_wrong_results():
