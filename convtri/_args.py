@@ -38,3 +38,20 @@ def pair(value, name):
             return tuple(value)
         raise RuntimeError(f"{name} must be a single int or a list of 2 ints, got {name}={list(value)}")
     raise TypeError(f"{name} must be an int or a pair of ints, got {type(value).__name__}")
+
+
+def batched(op, fn, input):
+    """``fn`` on 4-D input; an unbatched (C, H, W) input goes through as a batch of one."""
+    check_tensor(input, "input")
+    if input.dim() not in (3, 4):
+        raise RuntimeError(f"{op}: expected input to be 3-D (C, H, W) or 4-D (N, C, H, W), got input of size "
+                           f"{list(input.shape)}")
+    if input.dim() == 4:
+        return fn(input)
+    out = fn(input.unsqueeze(0))
+    return tuple(t.squeeze(0) for t in out) if isinstance(out, tuple) else out.squeeze(0)
+
+
+def check_dim(op, name, t, dim):
+    if t.dim() != dim:
+        raise RuntimeError(f"{op}: expected {name} to be {dim}-D, got {name} of size {list(t.shape)}")

@@ -5,6 +5,9 @@ import functools
 import numpy as np
 import torch
 import triton
+from torch._subclasses.fake_tensor import is_fake
+from torch._subclasses.functional_tensor import FunctionalTensor
+from torch.library import wrap_triton
 from triton.runtime.interpreter import InterpretedFunction, _patch_lang
 from triton.runtime.jit import JITFunction
 
@@ -71,9 +74,10 @@ def _check_interpreter():
 
 
 def check_device(*tensors: torch.Tensor) -> None:
+    """CUDA and CPU tensors run kernels; meta tensors (shape inference) run none."""
     for t in tensors:
-        if t.device.type not in ("cpu", "cuda"):
-            raise RuntimeError(f"convtri runs on CUDA and CPU tensors, got a tensor on {t.device}")
+        if t.device.type not in ("cpu", "cuda", "meta"):
+            raise RuntimeError(f"convtri runs on CUDA, CPU and meta tensors, got a tensor on {t.device}")
 
 
 @functools.cache
@@ -119,15 +123,27 @@ def launch(kernel, grid, *args, tensor, blocks, tuning=None, **meta):
     On CPU the interpreter runs it with ``blocks`` (large tiles: it runs one program at a time).
     On CUDA, ``tuning`` = (configs, key, prune) autotunes the block sizes; without it the
     kernel runs with ``blocks``. ``meta`` holds the constexpr flags.
+
+    Inside our custom ops (convtri/_library.py) a launch also meets tensors without data:
+    fake and meta tensors, when torch computes only an op's output shapes, run nothing; CUDA
+    tensors being traced by torch.compile go through ``wrap_triton``, so that the graph holds
+    the kernel itself.
     """
-    if is_interpreted(tensor):
+    if isinstance(tensor, FunctionalTensor):  # torch.compile tracing through the op
+        if tensor.device.type != "cuda":
+            raise RuntimeError("convtri: CPU kernels run in Triton's interpreter and cannot be traced; "
+                               "convtri ops on CPU stay whole in a compiled graph")
+    elif is_fake(tensor) or tensor.device.type == "meta":
+        return
+    elif is_interpreted(tensor):
         _check_interpreter()
-        with _interpreting():
+        # IEEE arithmetic as on a GPU: inf and NaN propagate without numpy's warnings
+        with _interpreting(), np.errstate(all="ignore"):
             _interpreted(kernel.fn)[grid](*args, **meta, **blocks)
         return
     with torch.cuda.device(tensor.device):
         if tuning is None:
-            kernel[grid](*args, **meta, **blocks)
+            wrap_triton(kernel)[grid](*args, **meta, **blocks)
         else:
             capability = torch.cuda.get_device_capability(tensor.device)
-            _autotuned(kernel, capability, *tuning)[grid](*args, **meta)
+            wrap_triton(_autotuned(kernel, capability, *tuning))[grid](*args, **meta)

@@ -160,7 +160,7 @@ def conv2d_fwd_kernel(
 
 @triton.jit
 def conv2d_dgrad_kernel(
-    dy_ptr, w_ptr, dx_ptr,
+    dy_ptr, w_ptr, b_ptr, dx_ptr,
     # sizes
     N, C, H, W, K, P, Q, R, S, GROUPS,
     # strides
@@ -170,11 +170,12 @@ def conv2d_dgrad_kernel(
     # conv parameters
     conv_stride_h, conv_stride_w, pad_h, pad_w, dil_h, dil_w,
     # flags
-    FLAT_TAPS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    HAS_BIAS: tl.constexpr, FLAT_TAPS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """dx[n, c, h, w] = sum_{k, r, s} dy[n, k, p, q] * w[k, c, r, s] over h = p*stride - pad + r*dil.
+    """dx[n, c, h, w] = b[c] + sum_{k, r, s} dy[n, k, p, q] * w[k, c, r, s] over h = p*stride - pad + r*dil.
 
+    The bias (HAS_BIAS) serves conv_transpose2d, whose forward is this kernel.
     Gather form, decomposed by stride phase so that no zero of a strided gradient is read:
     a program owns input pixels with h % conv_stride_h == phase_h (likewise w), and only
     the kernel taps (r, s) that land on that phase contribute, each to output row
@@ -184,7 +185,7 @@ def conv2d_dgrad_kernel(
     (few output channels) along one axis over (r, s, k), masking the taps of other phases.
     One program computes a BLOCK_M x BLOCK_N tile of dx.
     Grid: (cdiv(M, BLOCK_M) * cdiv(C/GROUPS, BLOCK_N), GROUPS, conv_stride_h * conv_stride_w).
-    dy: (N, K, P, Q), w: (K, C/GROUPS, R, S), dx: (N, C, H, W).
+    dy: (N, K, P, Q), w: (K, C/GROUPS, R, S), b: (C,), dx: (N, C, H, W).
     """
     C_G = C // GROUPS
     K_G = K // GROUPS
@@ -215,6 +216,8 @@ def conv2d_dgrad_kernel(
     w_col = w_ptr + (g * K_G).to(tl.int64) * stride_wk + offs_c * stride_wc
     ACC_TYPE = tl.float64 if dy_ptr.dtype.element_ty == tl.float64 else tl.float32
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_TYPE)
+    if HAS_BIAS:  # the accumulator starts from the bias (in the epilogue instead, ptxas spills more)
+        acc += tl.load(b_ptr + g * C_G + offs_c, mask=c_ok, other=0.).to(ACC_TYPE)[None, :]
     # Offsets that keep the scalar % and // below on non-negative numbers.
     lift_h = conv_stride_h * R * dil_h
     lift_w = conv_stride_w * S * dil_w
@@ -439,6 +442,7 @@ def pad_fold_kernel(
 # Autotune configs (CUDA). Keys hold only what changes the best config: the problem shape.
 # ---------------------------------------------------------------------------------------
 CONV_KEY = ("N", "C", "H", "W", "K", "P", "Q", "R", "S", "GROUPS")
+DGRAD_KEY = CONV_KEY + ("HAS_BIAS",)  # with a bias (conv_transpose2d) fewer configs are allowed
 
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps). Tiles stop at 64 rows, and 4-warp tiles at
@@ -465,18 +469,26 @@ def _gemm_configs(capability, shapes, with_group_m):
         for bm, bn, bk, warps in shapes for st in stages)
 
 
-# FLAT_TAPS gathers build 2-D 64-bit pointer tiles; beyond these blocks fp32 spills on sm_80
-FLAT_TAPS_LIMITS = {"fwd": dict(BLOCK_K=16), "dgrad": dict(BLOCK_K=16), "wgrad": dict(BLOCK_K=16, BLOCK_N=32)}
+# Configs compiled with some flags set spill beyond these blocks: FLAT_TAPS gathers build 2-D
+# 64-bit pointer tiles (fp32 spills on sm_80), and dgrad's bias (conv_transpose2d) tips the
+# 64x64 tiles over on sm_80 and sm_90 in NCHW.
+FLAG_LIMITS = {
+    "fwd": {"FLAT_TAPS": dict(BLOCK_K=16)},
+    "dgrad": {"FLAT_TAPS": dict(BLOCK_K=16), "HAS_BIAS": dict(BLOCK_N=32)},
+    "wgrad": {"FLAT_TAPS": dict(BLOCK_K=16, BLOCK_N=32)},
+}
 
 
-def fits_flat_taps(config, limits):
-    return all(config.kwargs[name] <= most for name, most in limits.items())
+def fits_flags(config, limits, flags):
+    """Whether ``config`` is within the limits of every flag set in ``flags``."""
+    return all(config.kwargs[name] <= most for flag, blocks in limits.items() if flags.get(flag)
+               for name, most in blocks.items())
 
 
-def _prune_to_problem(m_arg, n_arg, k_arg, flat_limits):
+def _prune_to_problem(m_arg, n_arg, k_arg, limits):
     """Drop configs whose tile is far larger than the GEMM dimension it covers (a 64-wide
-    tile on 6 channels wastes 90% of its work), and for FLAT_TAPS those that spill; keep at
-    least the smallest config."""
+    tile on 6 channels wastes 90% of its work), and those that spill with the flags set;
+    keep at least the smallest config."""
     def prune(configs, named_args, **kwargs):
         m, n, k = (arg(named_args) for arg in (m_arg, n_arg, k_arg))
         def fits(cfg):
@@ -484,7 +496,7 @@ def _prune_to_problem(m_arg, n_arg, k_arg, flat_limits):
             return (b["BLOCK_M"] <= max(16, 2 * triton.next_power_of_2(m))
                     and b["BLOCK_N"] <= max(16, 2 * triton.next_power_of_2(n))
                     and b["BLOCK_K"] <= max(16, 2 * triton.next_power_of_2(k))
-                    and (fits_flat_taps(cfg, flat_limits) or not kwargs.get("FLAT_TAPS")))
+                    and fits_flags(cfg, limits, kwargs))
         kept = [c for c in configs if fits(c)]
         return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"])]
     return prune
@@ -503,7 +515,7 @@ def conv2d_fwd_configs(capability):
 
 
 conv2d_fwd_prune = _prune_to_problem(lambda a: a["N"] * a["P"] * a["Q"], _k_per_group, _c_per_group,
-                                     FLAT_TAPS_LIMITS["fwd"])
+                                     FLAG_LIMITS["fwd"])
 
 
 def conv2d_dgrad_configs(capability):
@@ -511,7 +523,7 @@ def conv2d_dgrad_configs(capability):
 
 
 conv2d_dgrad_prune = _prune_to_problem(lambda a: a["N"] * a["H"] * a["W"], _c_per_group, _k_per_group,
-                                       FLAT_TAPS_LIMITS["dgrad"])
+                                       FLAG_LIMITS["dgrad"])
 
 
 def conv2d_wgrad_configs(capability):
@@ -519,4 +531,4 @@ def conv2d_wgrad_configs(capability):
 
 
 conv2d_wgrad_prune = _prune_to_problem(_k_per_group, _c_per_group, lambda a: a["N"] * a["P"] * a["Q"],
-                                       FLAT_TAPS_LIMITS["wgrad"])
+                                       FLAG_LIMITS["wgrad"])

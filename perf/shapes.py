@@ -193,7 +193,8 @@ def _resnet50_stage(size, width, in_channels, batch=32):
         prev = 2 * size
         layers += [
             Conv(f"rn50_{prev}to{size}_3x3s2_{width}", batch, width, prev, prev, width, 3, 3, stride=2, padding=1),
-            Conv(f"rn50_{prev}to{size}_1x1s2_{in_channels}to{out}", batch, in_channels, prev, prev, out, 1, 1, stride=2),
+            Conv(f"rn50_{prev}to{size}_1x1s2_{in_channels}to{out}", batch, in_channels, prev, prev, out, 1, 1,
+                 stride=2),
         ]
     return layers
 

@@ -4,23 +4,25 @@ import pytest
 import triton
 
 from aot import compile_kernel, spill_bytes, uses_tensor_cores
-from convtri.conv2d import ELEMENTWISE_BLOCK_CUDA
+from convtri.conv_launch import ELEMENTWISE_BLOCK_CUDA
 from convtri.kernels import conv2d as conv_kernels
 from convtri.kernels import pool2d as pool_kernels
 
 ARCHS = [80, 90]
-CONV_FLAGS = {  # constexpr flags per conv kernel, besides the block sizes and FLAT_TAPS
-    conv_kernels.conv2d_fwd_kernel: dict(HAS_BIAS=True, PAD_MODE=0, UPCAST=False),
-    conv_kernels.conv2d_dgrad_kernel: dict(UPCAST=False),
-    conv_kernels.conv2d_wgrad_kernel: dict(WEIGHT_GRAD=True, BIAS_GRAD=True, PAD_MODE=0, UPCAST=False),
-}
+CONV_VARIANTS = [  # (kernel, constexpr flags besides the block sizes and FLAT_TAPS, the op pass it serves)
+    (conv_kernels.conv2d_fwd_kernel, dict(HAS_BIAS=True, PAD_MODE=0, UPCAST=False), "conv2d-fwd"),
+    (conv_kernels.conv2d_dgrad_kernel, dict(HAS_BIAS=False, UPCAST=False), "conv2d-dgrad"),
+    (conv_kernels.conv2d_dgrad_kernel, dict(HAS_BIAS=True, UPCAST=False), "conv_transpose2d-fwd"),
+    (conv_kernels.conv2d_wgrad_kernel, dict(WEIGHT_GRAD=True, BIAS_GRAD=True, PAD_MODE=0, UPCAST=False),
+     "conv2d-wgrad"),
+]
 # (layout, FLAT_TAPS): the tap-by-tap GEMMs in both layouts; FLAT_TAPS serves few channels,
 # whose strides are not multiples of 16 whatever the layout, so the gather case covers it
 LAYOUTS = [("nhwc", False), ("nchw", False), ("nchw", True)]
-FLAT_LIMITS = {
-    conv_kernels.conv2d_fwd_kernel: conv_kernels.FLAT_TAPS_LIMITS["fwd"],
-    conv_kernels.conv2d_dgrad_kernel: conv_kernels.FLAT_TAPS_LIMITS["dgrad"],
-    conv_kernels.conv2d_wgrad_kernel: conv_kernels.FLAT_TAPS_LIMITS["wgrad"],
+FLAG_LIMITS = {
+    conv_kernels.conv2d_fwd_kernel: conv_kernels.FLAG_LIMITS["fwd"],
+    conv_kernels.conv2d_dgrad_kernel: conv_kernels.FLAG_LIMITS["dgrad"],
+    conv_kernels.conv2d_wgrad_kernel: conv_kernels.FLAG_LIMITS["wgrad"],
 }
 CONV_CONFIGS = {
     conv_kernels.conv2d_fwd_kernel: conv_kernels.conv2d_fwd_configs,
@@ -56,25 +58,25 @@ def conv_pointer_types(kernel, dtype):
             for name in kernel.arg_names if name in TENSOR_ARGS + PARTIAL_ARGS}
 
 
-def shipped_configs(kernel, arch, everything, flat):
-    configs = CONV_CONFIGS[kernel]((arch // 10, arch % 10))
-    if flat:  # as the launch-time pruning keeps them
-        configs = [c for c in configs if conv_kernels.fits_flat_taps(c, FLAT_LIMITS[kernel])]
+def shipped_configs(kernel, arch, everything, flags):
+    # as the launch-time pruning keeps them for these flags
+    configs = [c for c in CONV_CONFIGS[kernel]((arch // 10, arch % 10)) if conv_kernels.fits_flags(
+        c, FLAG_LIMITS[kernel], flags)]
     if everything:
         return configs
     # the largest tile, the one with the most registers
     return [max(configs, key=lambda c: (c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"], c.num_stages))]
 
 
-def check_conv_kernel(kernel, dtype, arch, config, layout, flat):
+def check_conv_kernel(kernel, flags, dtype, arch, config, layout):
     pointers = conv_pointer_types(kernel, dtype)
     ones, divisible = layout_specialisation(kernel, layout, pointers)
-    flags = dict(CONV_FLAGS[kernel], FLAT_TAPS=flat, PRECISION="tf32" if dtype == "fp32" else "ieee", **ones)
+    flags = dict(flags, PRECISION="tf32" if dtype == "fp32" else "ieee", **ones)
     compiled = compile_kernel(kernel, pointers, {**flags, **config.kwargs}, arch, config.num_warps,
                               config.num_stages, divisible)
     if dtype in ("fp16", "bf16", "fp32"):  # fp32 with tf32, as with cuDNN's default
         assert uses_tensor_cores(compiled), f"{kernel.__name__} {dtype} sm_{arch}: no mma in the main loop"
-    assert spill_bytes(compiled, arch) == 0, f"{kernel.__name__} {dtype} {layout} flat={flat} sm_{arch} {config}: spills"
+    assert spill_bytes(compiled, arch) == 0, f"{kernel.__name__} {dtype} {layout} {flags} sm_{arch} {config}: spills"
 
 
 # CI compiles the largest config of each kernel; --runslow every shipped one
@@ -82,10 +84,11 @@ def check_conv_kernel(kernel, dtype, arch, config, layout, flat):
 @pytest.mark.parametrize("layout, flat", LAYOUTS)
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("dtype", ["fp16", "bf16", "fp32"])
-@pytest.mark.parametrize("kernel", list(CONV_FLAGS), ids=lambda k: k.__name__)
-def test_conv_kernels_compile(kernel, dtype, arch, layout, flat, everything):
-    for config in shipped_configs(kernel, arch, everything, flat):
-        check_conv_kernel(kernel, dtype, arch, config, layout, flat)
+@pytest.mark.parametrize("kernel, flags, use", CONV_VARIANTS, ids=[use for _, _, use in CONV_VARIANTS])
+def test_conv_kernels_compile(kernel, flags, use, dtype, arch, layout, flat, everything):
+    flags = dict(flags, FLAT_TAPS=flat)
+    for config in shipped_configs(kernel, arch, everything, flags):
+        check_conv_kernel(kernel, flags, dtype, arch, config, layout)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -93,7 +96,7 @@ def test_fp64_conv_compiles(arch):
     # fp64 runs the same GEMM code with fp64 accumulation; it must compile, no tensor-core claim
     kernel = conv_kernels.conv2d_fwd_kernel
     config = triton.Config({"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 16, "GROUP_M": 8}, num_warps=4, num_stages=2)
-    flags = dict(CONV_FLAGS[kernel], FLAT_TAPS=False, PRECISION="ieee")
+    flags = dict(CONV_VARIANTS[0][1], FLAT_TAPS=False, PRECISION="ieee")
     compiled = compile_kernel(kernel, conv_pointer_types(kernel, "fp64"), {**flags, **config.kwargs}, arch,
                               config.num_warps, config.num_stages)
     assert spill_bytes(compiled, arch) == 0

@@ -337,8 +337,17 @@ def test_integer_dtype_is_refused():
 def test_device_mismatch_without_gpu():
     with pytest.raises(RuntimeError, match="weight is on meta"):
         convtri.conv2d(torch.randn(1, 1, 4, 4), torch.randn(1, 1, 3, 3, device="meta"))
-    with pytest.raises(RuntimeError, match="CUDA and CPU"):
-        convtri.conv2d(torch.randn(1, 1, 4, 4, device="meta"), torch.randn(1, 1, 3, 3, device="meta"))
+
+
+def test_meta_tensors_give_shapes_like_torch():
+    # meta tensors (shape inference, models built on the meta device) run no kernel and get
+    # the output size and memory format of torch's real computation (torch's own meta kernel
+    # returns NCHW for this channels_last input)
+    x = torch.randn(2, 3, 9, 8).to(memory_format=torch.channels_last)
+    w = torch.randn(4, 3, 3, 2)
+    y = convtri.conv2d(x.to("meta"), w.to("meta"), stride=2, padding=1)
+    y_ref = F.conv2d(x, w, stride=2, padding=1)
+    assert y.device.type == "meta" and y.shape == y_ref.shape and y.stride() == y_ref.stride()
 
 
 @pytest.mark.gpu

@@ -65,10 +65,10 @@ def test_smoke_rows_are_labelled_and_correct(smoke):
     ours = [row for row in rows if row["provider"] == "convtri"]
     assert all(float(row["err"]) <= float(row["tol"]) and float(row["speedup"]) > 0 for row in ours)
     # every point is a pair: convtri and its baseline, side by side
-    points = {(r["suite"], r["shape"], r["op"], r["dtype"], r["layout"]) for r in rows}
-    for point in points:
-        providers = sorted(r["provider"] for r in rows if (r["suite"], r["shape"], r["op"], r["dtype"], r["layout"]) == point)
-        assert providers == ["convtri", "torch-cpu"], (point, providers)
+    point = lambda r: (r["suite"], r["shape"], r["op"], r["dtype"], r["layout"])
+    for p in {point(r) for r in rows}:
+        providers = sorted(r["provider"] for r in rows if point(r) == p)
+        assert providers == ["convtri", "torch-cpu"], (p, providers)
     assert {r["shape"] for r in rows} == {s.name for s in shapes.SMOKE}
     assert {(r["kind"], r["op"]) for r in rows} == ({("conv", op) for op in shapes.CONV_OPS}
                                                     | {("pool", op) for op in shapes.POOL_OPS})
