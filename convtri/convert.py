@@ -7,6 +7,7 @@ import convtri.nn as cnn
 # torch class -> ours; exact classes only: a user's subclass may change behaviour we cannot see
 OURS = {
     nn.Conv2d: cnn.Conv2d,
+    nn.ConvTranspose2d: cnn.ConvTranspose2d,
     nn.MaxPool2d: cnn.MaxPool2d,
     nn.AvgPool2d: cnn.AvgPool2d,
     nn.AdaptiveAvgPool2d: cnn.AdaptiveAvgPool2d,
@@ -25,7 +26,7 @@ def _ours(module: nn.Module) -> nn.Module:
 
 
 def convert(model: nn.Module) -> nn.Module:
-    """Replace every torch.nn.Conv2d, MaxPool2d, AvgPool2d and AdaptiveAvgPool2d in ``model``
+    """Replace every torch.nn.Conv2d, ConvTranspose2d, MaxPool2d, AvgPool2d and AdaptiveAvgPool2d in ``model``
     (recursively) with convtri's, keeping parameters (the same tensors: values, dtype and
     device), hyper-parameters and train/eval mode. Returns the model; a bare layer is
     returned converted. Subclasses of those layers, which we cannot represent exactly, raise."""

@@ -3,6 +3,7 @@ repr are torch's, while forward runs convtri's kernels."""
 import torch
 
 from convtri.conv2d import conv2d
+from convtri.conv_transpose2d import conv_transpose2d
 from convtri.pool2d import adaptive_avg_pool2d, avg_pool2d, max_pool2d
 
 
@@ -36,3 +37,17 @@ class AdaptiveAvgPool2d(torch.nn.AdaptiveAvgPool2d):
 
     def forward(self, input):
         return adaptive_avg_pool2d(input, self.output_size)
+
+
+class ConvTranspose2d(torch.nn.ConvTranspose2d):
+    """``torch.nn.ConvTranspose2d`` on convtri's kernels; ``output_size`` picks the output
+    padding, as torch's does."""
+
+    def forward(self, input, output_size=None):
+        if self.padding_mode != "zeros":
+            raise ValueError(f"Only 'zeros' padding mode is supported for {type(self).__name__}")
+        num_spatial_dims = 2
+        output_padding = self._output_padding(input, output_size, self.stride, self.padding, self.kernel_size,
+                                              num_spatial_dims, self.dilation)
+        return conv_transpose2d(input, self.weight, self.bias, self.stride, self.padding, output_padding,
+                                self.groups, self.dilation)
