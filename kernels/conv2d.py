@@ -75,6 +75,7 @@ def conv2d_fwd_kernel(
     stride_xn, stride_xc, stride_xh, stride_xw,
     stride_wk, stride_wc, stride_wr, stride_ws,
     stride_yn, stride_yk, stride_yp, stride_yq,
+    stride_b,
     # conv parameters
     conv_stride_h, conv_stride_w, pad_h, pad_w, dil_h, dil_w,
     # flags
@@ -131,7 +132,8 @@ def conv2d_fwd_kernel(
             s = (t // C_G) % S
             x_pix, tap_ok = window_taps(x_corner[:, None], h0[:, None], w0[:, None], (r * dil_h)[None, :],
                                         (s * dil_w)[None, :], H, W, stride_xh, stride_xw, PAD_MODE)
-            a = tl.load(x_pix + c[None, :] * stride_xc, mask=m_ok[:, None] & tap_ok & t_ok[None, :], other=0.)
+            a = tl.load(x_pix + c.to(tl.int64)[None, :] * stride_xc, mask=m_ok[:, None] & tap_ok & t_ok[None, :],
+                        other=0.)
             w_tap = c * stride_wc + r * stride_wr + s * stride_ws
             b = tl.load(w_row[None, :] + w_tap[:, None], mask=t_ok[:, None] & k_ok[None, :], other=0.)
             acc = tl.dot(dot_operand(a, UPCAST), dot_operand(b, UPCAST), acc, input_precision=PRECISION)
@@ -146,12 +148,13 @@ def conv2d_fwd_kernel(
             w_rs = w_row + r * stride_wr + s * stride_ws
             c = (step % c_blocks) * BLOCK_K + offs_c
             c_ok = c < C_G
-            a = tl.load(x_pix[:, None] + c[None, :] * stride_xc, mask=pix_ok[:, None] & c_ok[None, :], other=0.)
+            a = tl.load(x_pix[:, None] + c.to(tl.int64)[None, :] * stride_xc, mask=pix_ok[:, None] & c_ok[None, :],
+                        other=0.)
             b = tl.load(w_rs[None, :] + c[:, None] * stride_wc, mask=c_ok[:, None] & k_ok[None, :], other=0.)
             acc = tl.dot(dot_operand(a, UPCAST), dot_operand(b, UPCAST), acc, input_precision=PRECISION)
 
     if HAS_BIAS:
-        bias = tl.load(b_ptr + k_abs, mask=k_ok, other=0.)
+        bias = tl.load(b_ptr + k_abs * stride_b, mask=k_ok, other=0.)
         acc += bias.to(ACC_TYPE)[None, :]
     y_pix = y_ptr + n.to(tl.int64) * stride_yn + p.to(tl.int64) * stride_yp + q.to(tl.int64) * stride_yq
     y_ptrs = y_pix[:, None] + k_abs.to(tl.int64)[None, :] * stride_yk
@@ -167,6 +170,7 @@ def conv2d_dgrad_kernel(
     stride_dyn, stride_dyk, stride_dyp, stride_dyq,
     stride_wk, stride_wc, stride_wr, stride_ws,
     stride_dxn, stride_dxc, stride_dxh, stride_dxw,
+    stride_b,
     # conv parameters
     conv_stride_h, conv_stride_w, pad_h, pad_w, dil_h, dil_w,
     # flags
@@ -217,7 +221,7 @@ def conv2d_dgrad_kernel(
     ACC_TYPE = tl.float64 if dy_ptr.dtype.element_ty == tl.float64 else tl.float32
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_TYPE)
     if HAS_BIAS:  # the accumulator starts from the bias (in the epilogue instead, ptxas spills more)
-        acc += tl.load(b_ptr + g * C_G + offs_c, mask=c_ok, other=0.).to(ACC_TYPE)[None, :]
+        acc += tl.load(b_ptr + (g * C_G + offs_c) * stride_b, mask=c_ok, other=0.).to(ACC_TYPE)[None, :]
     # Offsets that keep the scalar % and // below on non-negative numbers.
     lift_h = conv_stride_h * R * dil_h
     lift_w = conv_stride_w * S * dil_w
@@ -239,6 +243,7 @@ def conv2d_dgrad_kernel(
             b = tl.load(w_col[None, :] + w_tap[:, None], mask=t_ok[:, None] & c_ok[None, :], other=0.)
             acc = tl.dot(dot_operand(a, UPCAST), dot_operand(b, UPCAST), acc, input_precision=PRECISION)
     else:
+        dy_block_k = offs_k.to(tl.int64)[None, :] * stride_dyk
         for rs in range(0, R * S):
             r = rs // S
             s = rs % S
@@ -253,8 +258,8 @@ def conv2d_dgrad_kernel(
                 for k0 in range(0, K_G, BLOCK_K):
                     k = k0 + offs_k
                     k_ok = k < K_G
-                    a = tl.load(dy_pix[:, None] + k[None, :] * stride_dyk, mask=row_ok[:, None] & k_ok[None, :],
-                                other=0.)
+                    dy_k = dy_pix + tl.full([], k0, tl.int64) * stride_dyk  # 64-bit channel offsets
+                    a = tl.load(dy_k[:, None] + dy_block_k, mask=row_ok[:, None] & k_ok[None, :], other=0.)
                     b = tl.load(w_rs[None, :] + k[:, None].to(tl.int64) * stride_wk,
                                 mask=k_ok[:, None] & c_ok[None, :], other=0.)
                     acc = tl.dot(dot_operand(a, UPCAST), dot_operand(b, UPCAST), acc, input_precision=PRECISION)
@@ -459,14 +464,20 @@ WGRAD_SHAPES = [(64, 64, 32, 8), (64, 64, 16, 4), (64, 16, 16, 4)]
 # dropped: (32, 64, 16, 4), (32, 32, 16, 4) and (32, 16, 16, 2) on sm_90, (64, 32, 16, 4) on sm_80
 
 
-def _gemm_configs(capability, shapes, with_group_m):
+# (capability, shape, stages) that spill: dgrad's 64-bit channel offsets tip this one over on
+# sm_80 in fp32 channels_last (8 bytes)
+DGRAD_SPILLING = {((8, 0), (64, 16, 16, 4), 3)}
+
+
+def _gemm_configs(capability, shapes, with_group_m, spilling=()):
     """Autotune configs for an implicit GEMM. sm_90 has 228 KB of shared memory per SM and
     affords deeper pipelines than sm_80 (164 KB)."""
     stages = (3, 4) if capability >= (9, 0) else (2, 3)
     group = {"GROUP_M": 8} if with_group_m else {}
     return tuple(
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, **group}, num_warps=warps, num_stages=st)
-        for bm, bn, bk, warps in shapes for st in stages)
+        for bm, bn, bk, warps in shapes for st in stages
+        if (tuple(capability), (bm, bn, bk, warps), st) not in spilling)
 
 
 # Configs compiled with some flags set spill beyond these blocks: FLAT_TAPS gathers build 2-D
@@ -519,7 +530,7 @@ conv2d_fwd_prune = _prune_to_problem(lambda a: a["N"] * a["P"] * a["Q"], _k_per_
 
 
 def conv2d_dgrad_configs(capability):
-    return _gemm_configs(capability, DGRAD_SHAPES, with_group_m=False)
+    return _gemm_configs(capability, DGRAD_SHAPES, with_group_m=False, spilling=DGRAD_SPILLING)
 
 
 conv2d_dgrad_prune = _prune_to_problem(lambda a: a["N"] * a["H"] * a["W"], _c_per_group, _k_per_group,
