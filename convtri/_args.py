@@ -37,7 +37,7 @@ def pair(value, name):
         if len(value) == 2:
             return tuple(value)
         raise RuntimeError(f"{name} must be a single int or a list of 2 ints, got {name}={list(value)}")
-    raise TypeError(f"{name} must be an int or a pair of ints, got {type(value).__name__}")
+    raise TypeError(f"{name} must be an int or a pair of ints, got {value!r} ({type(value).__name__})")
 
 
 def batched(op, fn, input):

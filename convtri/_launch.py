@@ -16,6 +16,11 @@ from triton.runtime.jit import JITFunction
 INTERPRETER_TILE_NUMEL = 1 << 20  # Triton's maximum elements in one block
 INTERPRETER_CHANNELS = 128  # channel columns of a tile
 
+MAX_INT32 = 2 ** 31 - 1
+# The kernels index the pixels of a GEMM's or a pooling's rows (N*P*Q, N*H*W) in int32, a
+# tile past the last one included; tensor offsets are 64-bit.
+MAX_PIXELS = MAX_INT32 - INTERPRETER_TILE_NUMEL
+
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -39,6 +44,11 @@ def suggest_memory_format(t):
             return torch.contiguous_format
         smallest = strides[d] * sizes[d] if sizes[d] > 1 else strides[d]
     return torch.channels_last
+
+
+def memory_span(t):
+    """How far apart, in elements, the first and last element of ``t`` lie in memory."""
+    return sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride()) if size > 0)
 
 
 def empty(shape, memory_format, like, dtype=None):

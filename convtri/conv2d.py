@@ -6,7 +6,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from convtri import _args
-from convtri._launch import FLOAT_DTYPES, check_device, suggest_memory_format
+from convtri._launch import FLOAT_DTYPES, MAX_INT32, MAX_PIXELS, check_device, memory_span, suggest_memory_format
 from convtri._library import triton_op
 from convtri.conv_launch import (MAX_GRID_YZ, PAD_MODES, ConvGeometry, conv2d_dgrad, conv2d_forward,
                                  conv2d_wgrad)
@@ -21,9 +21,9 @@ def conv2d_geometry(weight, stride, padding, dilation, groups, padding_mode="zer
     stride = _args.pair(stride, "stride")
     dilation = _args.pair(dilation, "dilation")
     if not isinstance(groups, int) or isinstance(groups, bool):
-        raise TypeError(f"conv2d: groups must be an int, got {type(groups).__name__}")
+        raise TypeError(f"conv2d: groups must be an int, got {groups!r} ({type(groups).__name__})")
     if not isinstance(padding_mode, str):
-        raise TypeError(f"conv2d: padding_mode must be a string, got {type(padding_mode).__name__}")
+        raise TypeError(f"conv2d: padding_mode must be a string, got {padding_mode!r} ({type(padding_mode).__name__})")
     _args.check_dim("conv2d", "weight", weight, 4)  # 'same' padding needs its kernel size
     return ConvGeometry(stride, _parse_padding(padding, stride, dilation, weight.shape[-2:]), dilation, groups,
                         padding_mode)
@@ -59,6 +59,9 @@ def check_tensors(op, tensors: dict):
     tensors = {name: t for name, t in tensors.items() if t is not None}
     for name, t in tensors.items():
         _args.check_dim(op, name, t, 1 if name == "bias" else 4)
+        if name in ("weight", "bias") and memory_span(t) > MAX_INT32:  # the kernels index them in int32
+            raise RuntimeError(f"{op}: {name} of size {list(t.shape)} and strides {list(t.stride())} spans "
+                               f"{memory_span(t)} elements in memory; at most {MAX_INT32} are supported")
     first = next(iter(tensors))
     _args.check_float_dtype(tensors[first], first, FLOAT_DTYPES)
     _args.check_same_dtype_and_device(tensors)
@@ -81,6 +84,9 @@ def check_conv2d(input_size, weight_size, bias, geom, op="conv2d"):
         raise ValueError(f"{op}: padding_mode must be one of {sorted(PAD_MODES)}, got {geom.padding_mode!r}")
     n, c, h, w = input_size
     k, c_per_group, r, s = weight_size
+    if k == 0:
+        raise RuntimeError(f"{op}: expected weight to have at least one filter (dimension 0), got weight of size "
+                           f"{list(weight_size)}")
     if k % groups != 0:
         raise RuntimeError(f"{op}: groups={groups} must divide the weight's output channels, got weight of "
                            f"size {list(weight_size)}")
@@ -101,7 +107,12 @@ def check_conv2d(input_size, weight_size, bias, geom, op="conv2d"):
         raise RuntimeError(f"{op}: reflect padding {padding} must be smaller than the input size ({h} x {w})")
     if geom.pad_mode == kernels.PAD_CIRCULAR and (max(top, bottom) > h or max(left, right) > w):
         raise RuntimeError(f"{op}: circular padding {padding} must not exceed the input size ({h} x {w})")
-    return (n, k, *geom.output_size(h, w, r, s))
+    p, q = geom.output_size(h, w, r, s)
+    rows = max(n * p * q, n * -(-h // stride[0]) * -(-w // stride[1]))  # forward and wgrad; dgrad per phase
+    if rows > MAX_PIXELS:
+        raise RuntimeError(f"{op}: input of size {list(input_size)} gives {rows} pixels in a GEMM's rows (N*P*Q or "
+                           f"N*H*W/stride); at most {MAX_PIXELS} are supported")
+    return (n, k, p, q)
 
 
 def check_size(t, name, expected, op):

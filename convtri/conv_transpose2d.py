@@ -39,6 +39,9 @@ def transposed_geometry(input_size, weight, bias, stride, padding, output_paddin
     if groups <= 0 or k % groups:
         raise RuntimeError(f"{OP}: groups must be positive and divide the weight's input channels, got groups="
                            f"{groups} and weight of size {list(weight.shape)}")
+    if c_out_per_group == 0:
+        raise RuntimeError(f"{OP}: expected weight to have at least one output channel (dimension 1), got weight "
+                           f"of size {list(weight.shape)}")
     if c_in != k:
         raise RuntimeError(f"{OP}: weight of size {list(weight.shape)} expects input with {k} channels, got input "
                            f"of size {list(input_size)}")
@@ -123,7 +126,7 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
     if bias is not None:
         _args.check_tensor(bias, "bias")
     if not isinstance(groups, int) or isinstance(groups, bool):
-        raise TypeError(f"{OP}: groups must be an int, got {type(groups).__name__}")
+        raise TypeError(f"{OP}: groups must be an int, got {groups!r} ({type(groups).__name__})")
     pairs = [_args.pair(value, name) for name, value in (("stride", stride), ("padding", padding),
                                                          ("output_padding", output_padding), ("dilation", dilation))]
     stride, padding, output_padding, dilation = pairs

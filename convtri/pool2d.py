@@ -7,15 +7,10 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from convtri import _args
-from convtri._launch import FLOAT_DTYPES, INTERPRETER_TILE_NUMEL, check_device, suggest_memory_format
+from convtri._launch import FLOAT_DTYPES, MAX_INT32, MAX_PIXELS, check_device, suggest_memory_format
 from convtri._library import triton_op
 from convtri.pool_launch import (PoolGeometry, avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward,
                                  max_pool2d_forward, pooling_output_size)
-
-MAX_INT32 = 2 ** 31 - 1
-# The kernels index the pixels of N*H*W (and N*OH*OW) in int32, a block past the last one included.
-MAX_PIXELS = MAX_INT32 - INTERPRETER_TILE_NUMEL
-
 
 # ----------------------------------------------------------------------------- arguments
 
@@ -57,7 +52,8 @@ def _check_input_size(op, input_size, allow_empty_channels=False):
 def _check_pixel_count(op, input_size, output_size):
     n, _, h, w = input_size
     if n * max(h * w, output_size[0] * output_size[1]) > MAX_PIXELS:
-        raise RuntimeError(f"{op}: input of size {list(input_size)} has more than {MAX_PIXELS} pixels")
+        raise RuntimeError(f"{op}: input of size {list(input_size)} has more than {MAX_PIXELS} pixels (N*H*W or "
+                           f"N*OH*OW), the most our kernels index")
 
 
 def pool2d_geometry(op, input_size, kernel_size, stride, padding, dilation, ceil_mode, count_include_pad=True,
@@ -78,7 +74,7 @@ def pool2d_geometry(op, input_size, kernel_size, stride, padding, dilation, ceil
         raise RuntimeError(f"{op}: padding must be at most half of kernel_size, got padding={tuple(padding)} and "
                            f"kernel_size={tuple(kernel_size)}")
     if divisor_override == 0:
-        raise RuntimeError(f"{op}: divisor_override must not be zero")
+        raise RuntimeError(f"{op}: divisor_override must not be zero, got divisor_override=0")
     _, c, h, w = input_size
     output_size = tuple(pooling_output_size(*axis, ceil_mode)
                         for axis in zip((h, w), kernel_size, stride, padding, dilation))

@@ -1,5 +1,16 @@
+from datetime import timedelta
+
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
+
+# Property tests (tests/test_properties.py): "ci", the default, keeps the suite to minutes
+# with a fixed, reproducible budget; `--hypothesis-profile=long` runs thousands of examples.
+settings.register_profile("ci", max_examples=25, deadline=timedelta(seconds=20), derandomize=True,
+                          suppress_health_check=[HealthCheck.too_slow], print_blob=True)
+settings.register_profile("long", max_examples=2000, deadline=timedelta(seconds=60),
+                          suppress_health_check=[HealthCheck.too_slow], print_blob=True)
+settings.load_profile("ci")
 
 
 def pytest_addoption(parser):
