@@ -151,6 +151,14 @@ def test_strided_views(device):
     check_parity(x, w, None, padding=1)
 
 
+def test_strided_bias(device):
+    # a bias that is a view with stride 2: the kernels once read it as contiguous
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64, device=device)
+    w = torch.randn(4, 3, 3, 3, dtype=torch.float64, device=device)
+    b = torch.randn(8, dtype=torch.float64, device=device)[::2]
+    check_parity(x, w, b, padding=1)
+
+
 def test_unbatched(device):
     x = torch.randn(3, 8, 7, dtype=torch.float64, device=device)
     w = torch.randn(4, 3, 3, 3, dtype=torch.float64, device=device)

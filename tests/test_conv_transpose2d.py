@@ -99,6 +99,13 @@ def test_strided_views(device):
     check_parity(x, w, None, stride=2, padding=1)
 
 
+def test_strided_bias(device):
+    # a bias that is a view with stride 3, read through its stride by the dgrad kernel
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64, device=device)
+    w = torch.randn(3, 2, 3, 3, dtype=torch.float64, device=device)
+    check_parity(x, w, torch.randn(6, dtype=torch.float64, device=device)[::3], stride=2)
+
+
 def test_unbatched(device):
     x = torch.randn(3, 4, 5, dtype=torch.float64, device=device)
     w = torch.randn(3, 2, 3, 3, dtype=torch.float64, device=device)

@@ -208,6 +208,19 @@ def test_conv2d_zero_channels_is_the_empty_sum(device):
     assert torch.equal(y, b[None, :, None, None].expand(2, 3, 3, 3))
 
 
+def test_max_pool_window_wholly_in_padding(device):
+    # found by the property test: width 1, padding 1 and dilation 2 put both taps of each
+    # window outside the input. The maxima (-inf) and indices are torch's; the gradient of such
+    # a window has no pixel to go to (torch's backward writes it at its out-of-window index).
+    x = torch.randn(1, 1, 2, 1, dtype=torch.float64, device=device, requires_grad=True)
+    kwargs = dict(kernel_size=2, padding=1, dilation=(1, 2), return_indices=True)
+    y, idx = convtri.max_pool2d(x, **kwargs)
+    y_ref, idx_ref = F.max_pool2d(x.detach().cpu(), **kwargs)
+    assert torch.equal(y.detach().cpu(), y_ref) and torch.equal(idx.cpu(), idx_ref) and y_ref.isneginf().all()
+    y.backward(torch.ones_like(y))
+    assert torch.equal(x.grad, torch.zeros_like(x))
+
+
 def test_adaptive_pool_zero_channels(device):
     x = torch.randn(2, 0, 5, 5, device=device)
     assert convtri.adaptive_avg_pool2d(x, 2).shape == F.adaptive_avg_pool2d(x.cpu(), 2).shape
