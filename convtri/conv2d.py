@@ -54,12 +54,12 @@ def geometry_from_op_args(stride, padding, dilation, groups, padding_mode):
 
 
 def check_tensors(op, tensors: dict):
-    """4-D floating-point tensors (name -> tensor, None skipped but for bias, 1-D) of one
-    dtype and device."""
+    """The named tensors (None skipped): 4-D, a bias 1-D; floating-point, of one dtype and
+    device; a weight or bias spanning less than 2^31 elements, which the kernels index in int32."""
     tensors = {name: t for name, t in tensors.items() if t is not None}
     for name, t in tensors.items():
         _args.check_dim(op, name, t, 1 if name == "bias" else 4)
-        if name in ("weight", "bias") and memory_span(t) > MAX_INT32:  # the kernels index them in int32
+        if name in ("weight", "bias") and memory_span(t) > MAX_INT32:
             raise RuntimeError(f"{op}: {name} of size {list(t.shape)} and strides {list(t.stride())} spans "
                                f"{memory_span(t)} elements in memory; at most {MAX_INT32} are supported")
     first = next(iter(tensors))

@@ -108,9 +108,11 @@ def check_compiled(backend, device, dtype):
     x = torch.randn(2, 3, 8, 8, device=device, dtype=dtype)
     compiled = torch.compile(model, fullgraph=True, backend=backend)
     (y, grads), (y_ref, grads_ref) = forward_backward(compiled, x), forward_backward(model, x)
-    torch.testing.assert_close(y, y_ref)
-    for got, want in zip(grads, grads_ref):
-        torch.testing.assert_close(got, want)
+    for got, want in zip([y, *grads], [y_ref, *grads_ref]):
+        if backend == "aot_eager":  # the very same kernels run: the very same numbers
+            assert torch.equal(got, want)
+        else:  # the compiler may autotune to other tiles, which sum in another order
+            assert_close(got, want.double(), 2 * 8 * 8 * 9)
 
 
 def test_compile_fullgraph_aot_eager():
