@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 
 import convtri
+import parity
 from tolerances import assert_close
 
 # (input shape, weight shape, conv kwargs), each picked for what it exercises
@@ -37,25 +38,10 @@ def reduction_lengths(x, w, y, groups=1, **_):
     return c_per_group * r * s, k // groups * r * s, n_p_q, n_p_q
 
 
-def conv_and_grads(conv, x, w, b, dy, **kwargs):
-    x, w = x.detach().requires_grad_(), w.detach().requires_grad_()
-    b = b.detach().requires_grad_() if b is not None else None
-    y = conv(x, w, b, **kwargs)
-    grads = torch.autograd.grad(y, [t for t in (x, w, b) if t is not None], dy)
-    return (y, *grads)
-
-
 def check_parity(x, w, b, **kwargs):
     """Our forward and gradients against torch's in float64 from the same inputs."""
-    y_ref = F.conv2d(x.double().cpu(), w.double().cpu(), None if b is None else b.double().cpu(), **kwargs)
-    dy = torch.randn(y_ref.shape, dtype=x.dtype, device=x.device)
-    ours = conv_and_grads(convtri.conv2d, x, w, b, dy, **kwargs)
-    ref = conv_and_grads(F.conv2d, x.double().cpu(), w.double().cpu(), None if b is None else b.double().cpu(),
-                         dy.double().cpu(), **kwargs)
-    for got, want, length in zip(ours, ref, reduction_lengths(x, w, y_ref, **kwargs)):
-        assert got.dtype == x.dtype and got.device == x.device
-        assert_close(got, want, length)
-    return ours
+    lengths = lambda y: reduction_lengths(x, w, y, **kwargs)
+    return parity.check_parity(convtri.conv2d, F.conv2d, (x, w, b), lengths, **kwargs)
 
 
 @pytest.mark.parametrize("x_shape, w_shape, kwargs", PARITY_CASES)

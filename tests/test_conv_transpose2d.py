@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 
 import convtri
+import parity
 from tolerances import assert_close
 
 # (input shape, weight shape (C_in, C_out/groups, R, S), kwargs), each picked for what it exercises
@@ -21,14 +22,6 @@ PARITY_CASES = [
 ]
 
 
-def transpose_and_grads(fn, x, w, b, dy, **kwargs):
-    x, w = x.detach().requires_grad_(), w.detach().requires_grad_()
-    b = b.detach().requires_grad_() if b is not None else None
-    y = fn(x, w, b, **kwargs)
-    grads = torch.autograd.grad(y, [t for t in (x, w, b) if t is not None], dy)
-    return (y, *grads)
-
-
 def reduction_lengths(x, w, y, groups=1, **_):
     """Length of the sums behind y, dx, dw and db (bounds: a sum over taps and input channels)."""
     c_in, c_out_per_group, r, s = w.shape
@@ -37,15 +30,8 @@ def reduction_lengths(x, w, y, groups=1, **_):
 
 
 def check_parity(x, w, b, **kwargs):
-    cpu64 = lambda t: None if t is None else t.detach().double().cpu()
-    y_ref = F.conv_transpose2d(cpu64(x), cpu64(w), cpu64(b), **kwargs)
-    dy = torch.randn(y_ref.shape, dtype=x.dtype, device=x.device)
-    ours = transpose_and_grads(convtri.conv_transpose2d, x, w, b, dy, **kwargs)
-    ref = transpose_and_grads(F.conv_transpose2d, cpu64(x), cpu64(w), cpu64(b), cpu64(dy), **kwargs)
-    for got, want, length in zip(ours, ref, reduction_lengths(x, w, y_ref, **kwargs)):
-        assert got.dtype == x.dtype and got.device == x.device
-        assert_close(got, want, length)
-    return ours
+    lengths = lambda y: reduction_lengths(x, w, y, **kwargs)
+    return parity.check_parity(convtri.conv_transpose2d, F.conv_transpose2d, (x, w, b), lengths, **kwargs)
 
 
 @pytest.mark.parametrize("x_shape, w_shape, kwargs", PARITY_CASES)

@@ -8,6 +8,7 @@ import convtri
 import convtri.conv_launch
 import convtri.pool_launch
 from convtri._launch import MAX_INT32, MAX_PIXELS
+import parity
 from tolerances import assert_close
 
 CL = torch.channels_last
@@ -40,10 +41,8 @@ def op_case(name, device="cpu", dtype=torch.float64):
 
 def forward_backward(fn, tensors, kwargs, dy=None):
     """fn's output and the gradients of every tensor, for a fixed dy (random if not given)."""
-    leaves = [t.detach().requires_grad_() for t in tensors]
-    y = fn(*leaves, **kwargs)
-    dy = torch.randn_like(y) if dy is None else dy
-    return (y, *torch.autograd.grad(y, leaves, dy)), dy
+    dy = torch.randn_like(fn(*tensors, **kwargs)) if dy is None else dy
+    return parity.forward_and_grads(fn, tensors, dy, **kwargs), dy
 
 
 # ----------------------------------------------------------------------------- past 2^31 elements
