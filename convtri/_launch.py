@@ -46,6 +46,16 @@ def suggest_memory_format(t):
     return torch.channels_last
 
 
+def is_channels_last(*tensors):
+    """Whether any of ``tensors`` suggests channels_last: torch's rule for a convolution's
+    output; for one tensor, the format its gradient takes."""
+    return torch.channels_last in [suggest_memory_format(t) for t in tensors]
+
+
+def memory_format(channels_last):
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
 def memory_span(t):
     """How far apart, in elements, the first and last element of ``t`` lie in memory."""
     return sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride()) if size > 0)

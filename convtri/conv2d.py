@@ -6,7 +6,8 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from convtri import _args
-from convtri._launch import FLOAT_DTYPES, MAX_INT32, MAX_PIXELS, check_device, memory_span, suggest_memory_format
+from convtri._launch import (FLOAT_DTYPES, MAX_INT32, MAX_PIXELS, check_device, is_channels_last, memory_format,
+                             memory_span)
 from convtri._library import triton_op
 from convtri.conv_launch import (MAX_GRID_YZ, PAD_MODES, ConvGeometry, conv2d_dgrad, conv2d_forward,
                                  conv2d_wgrad)
@@ -140,8 +141,7 @@ def _conv2d_dgrad_op(grad_output: torch.Tensor, weight: torch.Tensor, input_size
     check_tensors("conv2d_dgrad", dict(grad_output=grad_output, weight=weight))
     geom = geometry_from_op_args(stride, padding, dilation, groups, padding_mode)
     check_size(grad_output, "grad_output", check_conv2d(input_size, weight.shape, None, geom), "conv2d_dgrad")
-    x_format = torch.channels_last if input_channels_last else torch.contiguous_format
-    return conv2d_dgrad(grad_output, weight, tuple(input_size), x_format, geom)
+    return conv2d_dgrad(grad_output, weight, tuple(input_size), memory_format(input_channels_last), geom)
 
 
 @triton_op("conv2d_wgrad")
@@ -186,8 +186,7 @@ class Conv2dFunction(ConvFunction):
         needs_dx, needs_dw, needs_db = ctx.needs_input_grad[:3]
         dx = dw = db = None
         if needs_dx:
-            channels_last = suggest_memory_format(x) == torch.channels_last
-            dx = torch.ops.convtri.conv2d_dgrad(dy, w, x.shape, channels_last, *ctx.geometry)
+            dx = torch.ops.convtri.conv2d_dgrad(dy, w, x.shape, is_channels_last(x), *ctx.geometry)
         if needs_dw or needs_db:
             grads = iter(torch.ops.convtri.conv2d_wgrad(x, dy, w, *ctx.geometry, needs_dw, needs_db))
             dw = next(grads) if needs_dw else None

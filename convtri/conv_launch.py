@@ -10,7 +10,7 @@ import torch
 import triton
 
 from convtri._launch import (INTERPRETER_CHANNELS, INTERPRETER_TILE_NUMEL, block, dot_precision, dot_upcast, empty,
-                             is_interpreted, launch, suggest_memory_format)
+                             is_channels_last, is_interpreted, launch, memory_format)
 from convtri.kernels import conv2d as kernels
 
 PAD_MODES = {"zeros": kernels.PAD_ZEROS, "reflect": kernels.PAD_REFLECT,
@@ -50,11 +50,6 @@ class ConvGeometry:
         return list(self.stride), list(self.padding), list(self.dilation), self.groups, self.padding_mode
 
 
-def channels_last_output(*tensors):
-    """torch's rule for a convolution's output: channels_last if any input suggests it."""
-    return torch.channels_last in [suggest_memory_format(t) for t in tensors]
-
-
 def _rows_block(rows, *widths):
     """The interpreter's block over a pixel axis, as long as tiles of ``widths`` columns allow."""
     return block(rows, INTERPRETER_TILE_NUMEL // max(widths))
@@ -74,7 +69,7 @@ def conv2d_forward(x, w, b, geom, out_hw=None, out_format=None):
     n, c, h, wd = x.shape
     k, _, r, s = w.shape
     p, q = out_hw or geom.output_size(h, wd, r, s)
-    out_format = out_format or (torch.channels_last if channels_last_output(x, w) else torch.contiguous_format)
+    out_format = out_format or memory_format(is_channels_last(x, w))
     y = empty((n, k, p, q), out_format, x)
     if y.numel() == 0:
         return y

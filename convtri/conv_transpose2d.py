@@ -9,10 +9,10 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from convtri import _args
-from convtri._launch import suggest_memory_format
+from convtri._launch import is_channels_last, memory_format, suggest_memory_format
 from convtri._library import triton_op
 from convtri.conv2d import ConvFunction, check_conv2d, check_size, check_tensors
-from convtri.conv_launch import ConvGeometry, channels_last_output, conv2d_dgrad, conv2d_forward, conv2d_wgrad
+from convtri.conv_launch import ConvGeometry, conv2d_dgrad, conv2d_forward, conv2d_wgrad
 
 OP = "conv_transpose2d"
 # The bias gradient is the sum of grad_output per channel: conv2d_wgrad's bias reduction over
@@ -51,9 +51,7 @@ def transposed_geometry(input_size, weight, bias, stride, padding, output_paddin
         raise RuntimeError(f"{OP}: input of size {list(input_size)} gives a non-positive output size {out_hw}")
     output_size = (n, c_out_per_group * groups, *out_hw)
     # the convolution it transposes: input output_size, output input_size
-    conv_output = check_conv2d(output_size, weight.shape, None, geom, OP)
-    if conv_output[2] < h or conv_output[3] < w:  # cannot happen for valid arguments: a safety net for the kernels
-        raise RuntimeError(f"{OP}: inconsistent sizes {list(input_size)} and {list(output_size)}")
+    check_conv2d(output_size, weight.shape, None, geom, OP)
     if bias is not None and tuple(bias.shape) != (output_size[1],):
         raise RuntimeError(f"{OP}: expected bias to be 1-D with {output_size[1]} elements, got bias of size "
                            f"{list(bias.shape)}")
@@ -69,8 +67,7 @@ def _conv_transpose2d_op(input: torch.Tensor, weight: torch.Tensor, bias: Option
     check_tensors(OP, dict(input=input, weight=weight, bias=bias))
     geom, output_size = transposed_geometry(input.shape, weight, bias, stride, padding, output_padding, groups,
                                             dilation)
-    out_format = torch.channels_last if channels_last_output(input, weight) else torch.contiguous_format
-    return conv2d_dgrad(input, weight, output_size, out_format, geom, bias)
+    return conv2d_dgrad(input, weight, output_size, memory_format(is_channels_last(input, weight)), geom, bias)
 
 
 @triton_op(f"{OP}_backward")

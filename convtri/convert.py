@@ -1,5 +1,4 @@
 """convert(model): swap torch's conv and pooling layers for convtri's, in place."""
-import torch
 from torch import nn
 
 import convtri.nn as cnn

@@ -7,7 +7,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from convtri import _args
-from convtri._launch import FLOAT_DTYPES, MAX_INT32, MAX_PIXELS, check_device, suggest_memory_format
+from convtri._launch import FLOAT_DTYPES, MAX_INT32, MAX_PIXELS, check_device, is_channels_last, memory_format
 from convtri._library import triton_op
 from convtri.pool_launch import (PoolGeometry, avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward,
                                  max_pool2d_forward, pooling_output_size)
@@ -108,14 +108,6 @@ def _check_grad_output(op, grad_output, input_size, geom):
         raise RuntimeError(f"{op}: expected grad_output of size {list(expected)}, got {list(grad_output.shape)}")
 
 
-def _memory_format(channels_last):
-    return torch.channels_last if channels_last else torch.contiguous_format
-
-
-def _is_channels_last(t):
-    return suggest_memory_format(t) == torch.channels_last
-
-
 # ----------------------------------------------------------------------------- custom ops
 
 @triton_op("max_pool2d")
@@ -138,7 +130,7 @@ def _max_pool2d_backward_op(grad_output: torch.Tensor, indices: torch.Tensor, in
     if indices.dtype != torch.int64 or indices.shape != grad_output.shape or indices.device != grad_output.device:
         raise RuntimeError(f"{op}: expected int64 indices of size {list(grad_output.shape)} on {grad_output.device}, "
                            f"got {indices.dtype} of size {list(indices.shape)} on {indices.device}")
-    return max_pool2d_backward(grad_output, indices, tuple(input_size), _memory_format(input_channels_last), geom)
+    return max_pool2d_backward(grad_output, indices, tuple(input_size), memory_format(input_channels_last), geom)
 
 
 @triton_op("avg_pool2d")
@@ -158,7 +150,7 @@ def _avg_pool2d_backward_op(grad_output: torch.Tensor, input_size: list[int], in
     geom = pool2d_geometry(op, input_size, kernel_size, stride, padding, (1, 1), ceil_mode, count_include_pad,
                            divisor_override)
     _check_grad_output(op, grad_output, input_size, geom)
-    return avg_pool2d_backward(grad_output, tuple(input_size), _memory_format(input_channels_last), geom)
+    return avg_pool2d_backward(grad_output, tuple(input_size), memory_format(input_channels_last), geom)
 
 
 @triton_op("adaptive_avg_pool2d")
@@ -173,7 +165,7 @@ def _adaptive_avg_pool2d_backward_op(grad_output: torch.Tensor, input_size: list
     op = "adaptive_avg_pool2d_backward"
     geom = adaptive_geometry(input_size, grad_output.shape[-2:])
     _check_grad_output(op, grad_output, input_size, geom)
-    return avg_pool2d_backward(grad_output, tuple(input_size), _memory_format(input_channels_last), geom)
+    return avg_pool2d_backward(grad_output, tuple(input_size), memory_format(input_channels_last), geom)
 
 
 # ----------------------------------------------------------------------------- autograd
@@ -191,7 +183,7 @@ class MaxPool2dFunction(torch.autograd.Function):
         input, *geometry, _ = inputs
         ctx.mark_non_differentiable(output[1])
         ctx.save_for_backward(output[1])
-        ctx.input = (input.shape, _is_channels_last(input))
+        ctx.input = (input.shape, is_channels_last(input))
         ctx.geometry = geometry
 
     @staticmethod
@@ -212,7 +204,7 @@ class AvgPool2dFunction(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         input, *geometry = inputs
-        ctx.input = (input.shape, _is_channels_last(input))
+        ctx.input = (input.shape, is_channels_last(input))
         ctx.geometry = geometry
 
     @staticmethod
@@ -229,7 +221,7 @@ class AdaptiveAvgPool2dFunction(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        ctx.input = (inputs[0].shape, _is_channels_last(inputs[0]))
+        ctx.input = (inputs[0].shape, is_channels_last(inputs[0]))
 
     @staticmethod
     @once_differentiable
