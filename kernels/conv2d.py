@@ -59,11 +59,13 @@ def window_taps(x_corner, h0, w0, dh, dw, H, W, stride_xh, stride_xw, PAD_MODE: 
 
 
 @triton.jit
-def dot_operand(t, UPCAST: tl.constexpr):
-    """fp16/bf16 operands are widened in Triton's interpreter, whose bf16 dot is broken."""
+def dot_accumulate(acc, a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """acc + a @ b in acc's type (fp32, or fp64 for fp64 operands: triton 3.6 needs out_dtype
+    to say so). fp16/bf16 operands are widened in Triton's interpreter, whose bf16 dot is broken."""
     if UPCAST:
-        t = t.to(tl.float32)
-    return t
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    return tl.dot(a, b, acc, input_precision=PRECISION, out_dtype=acc.dtype)
 
 
 @triton.jit
@@ -136,7 +138,7 @@ def conv2d_fwd_kernel(
                         other=0.)
             w_tap = c * stride_wc + r * stride_wr + s * stride_ws
             b = tl.load(w_row[None, :] + w_tap[:, None], mask=t_ok[:, None] & k_ok[None, :], other=0.)
-            acc = tl.dot(dot_operand(a, UPCAST), dot_operand(b, UPCAST), acc, input_precision=PRECISION)
+            acc = dot_accumulate(acc, a, b, PRECISION, UPCAST)
     else:
         c_blocks = tl.cdiv(C_G, BLOCK_K)
         for step in range(0, R * S * c_blocks):  # one loop over (r, s, channel block) pipelines best
@@ -151,7 +153,7 @@ def conv2d_fwd_kernel(
             a = tl.load(x_pix[:, None] + c.to(tl.int64)[None, :] * stride_xc, mask=pix_ok[:, None] & c_ok[None, :],
                         other=0.)
             b = tl.load(w_rs[None, :] + c[:, None] * stride_wc, mask=c_ok[:, None] & k_ok[None, :], other=0.)
-            acc = tl.dot(dot_operand(a, UPCAST), dot_operand(b, UPCAST), acc, input_precision=PRECISION)
+            acc = dot_accumulate(acc, a, b, PRECISION, UPCAST)
 
     if HAS_BIAS:
         bias = tl.load(b_ptr + k_abs * stride_b, mask=k_ok, other=0.)
@@ -241,7 +243,7 @@ def conv2d_dgrad_kernel(
                         other=0.)
             w_tap = k.to(tl.int64) * stride_wk + r * stride_wr + s * stride_ws
             b = tl.load(w_col[None, :] + w_tap[:, None], mask=t_ok[:, None] & c_ok[None, :], other=0.)
-            acc = tl.dot(dot_operand(a, UPCAST), dot_operand(b, UPCAST), acc, input_precision=PRECISION)
+            acc = dot_accumulate(acc, a, b, PRECISION, UPCAST)
     else:
         dy_block_k = offs_k.to(tl.int64)[None, :] * stride_dyk
         for rs in range(0, R * S):
@@ -262,7 +264,7 @@ def conv2d_dgrad_kernel(
                     a = tl.load(dy_k[:, None] + dy_block_k, mask=row_ok[:, None] & k_ok[None, :], other=0.)
                     b = tl.load(w_rs[None, :] + k[:, None].to(tl.int64) * stride_wk,
                                 mask=k_ok[:, None] & c_ok[None, :], other=0.)
-                    acc = tl.dot(dot_operand(a, UPCAST), dot_operand(b, UPCAST), acc, input_precision=PRECISION)
+                    acc = dot_accumulate(acc, a, b, PRECISION, UPCAST)
 
     dx_pix = dx_ptr + n.to(tl.int64) * stride_dxn + h.to(tl.int64) * stride_dxh + w.to(tl.int64) * stride_dxw
     dx_ptrs = dx_pix[:, None] + (g * C_G + offs_c).to(tl.int64)[None, :] * stride_dxc
@@ -358,7 +360,7 @@ def conv2d_wgrad_kernel(
                 x_pix = x_pix[:, None]
                 x_mask = (j_ok & tap_ok)[:, None] & col_ok[None, :]
             b = tl.load(x_pix + c_abs.to(tl.int64)[None, :] * stride_xc, mask=x_mask, other=0.)
-            acc = tl.dot(dot_operand(a, UPCAST), dot_operand(b, UPCAST), acc, input_precision=PRECISION)
+            acc = dot_accumulate(acc, a, b, PRECISION, UPCAST)
         if BIAS_GRAD:
             db_acc += tl.sum(a.to(ACC_TYPE), axis=1)
 

@@ -64,7 +64,10 @@ COLUMNS = [
 # ----------------------------------------------------------------------------- environment
 
 def git_commit():
-    """HEAD, with -dirty when tracked files differ from it; "unknown" outside a checkout."""
+    """HEAD, with -dirty when tracked files differ from it; "unknown" outside a checkout.
+    CONVTRI_COMMIT overrides it where the tree was copied without its own git metadata."""
+    if os.environ.get("CONVTRI_COMMIT"):
+        return os.environ["CONVTRI_COMMIT"]
     def git(*args):
         return subprocess.run(["git", "-C", PERF_DIR, *args], capture_output=True, text=True, check=True).stdout
     try:
