@@ -3,7 +3,7 @@ on one process or under torchrun (DDP)."""
 import csv
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -32,10 +32,25 @@ class Run:
     device: torch.device
     rank: int = 0
     world_size: int = 1
+    held: list = field(default_factory=list)  # the tensors handed to collectives, until finish()
 
     @property
     def is_main(self):
         return self.rank == 0
+
+    def hold(self, *tensors):
+        """Keep tensors given to a collective alive until finish(). A gloo worker thread that
+        drops the last reference to a Python tensor needs the GIL; if that happens while the main
+        thread, holding the GIL, joins the workers in the process group's destructor, both wait
+        forever (seen under torchrun: rank 1 hung after its last all_gather)."""
+        self.held.extend(tensors)
+        return tensors
+
+    def finish(self):
+        """Tear down torch.distributed; call it once the DDP models are gone."""
+        if self.world_size > 1:
+            dist.destroy_process_group()
+        self.held.clear()
 
     def say(self, *args):
         if self.is_main:
@@ -107,7 +122,7 @@ class Trainee:
         """(mean loss, train accuracy) of the epoch over every rank."""
         sums = torch.tensor([self.loss_sum, self.correct, self.count], dtype=torch.float64, device=run.device)
         if run.world_size > 1:
-            dist.all_reduce(sums)
+            dist.all_reduce(*run.hold(sums))
         loss_sum, correct, count = sums.tolist()
         return loss_sum / max(count, 1), correct / max(count, 1)
 
@@ -120,6 +135,7 @@ def check_replicas(net, run):
     """DDP keeps every rank's parameters identical; verify it rather than assume it."""
     flat = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
     gathered = [torch.empty_like(flat) for _ in range(run.world_size)]
+    run.hold(flat, *gathered)
     dist.all_gather(gathered, flat)
     spread = max((g - gathered[0]).abs().max().item() for g in gathered)
     run.say(f"ddp: {run.world_size} ranks, largest parameter difference across ranks {spread:.3g}")
@@ -203,8 +219,8 @@ def lenet(args):
     final = rows[-1]
     run.say(f"final: loss {final['loss']:.4f} train_acc {final['train_acc']:.4f} test_acc {final['test_acc']:.4f} "
             f"examples_per_s {final['examples_per_s']:.1f}")
-    if run.world_size > 1:
-        dist.destroy_process_group()
+    del ours, twin  # DDP's reducer holds the process group: let it go first
+    run.finish()
     return final
 
 
