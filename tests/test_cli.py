@@ -14,7 +14,7 @@ pytest.importorskip("sklearn")  # the offline default dataset
 
 def test_demo(capsys):
     assert main(["demo", "--device", "cpu"]) == 0
-    assert "parity with torch: OK" in capsys.readouterr().out
+    assert "chapter's answers: OK" in capsys.readouterr().out
 
 
 def test_lenet_small_run_with_torch_twin(tmp_path, capsys):
