@@ -1,4 +1,12 @@
-"""Where and how a kernel runs: compiled and autotuned on CUDA, interpreted on CPU."""
+"""Where and how a kernel runs: compiled and autotuned on CUDA, interpreted on CPU, nothing
+for meta and fake tensors, traced through ``wrap_triton`` under torch.compile.
+
+A ``Launch`` is one kernel launch that an op's plan makes on every call: everything but the
+tensors is fixed once per call signature, when the plan is built. On CUDA its first launch
+goes through Triton's autotuner (or JIT) and binds the compiled kernel that ran; every later
+launch calls that kernel's launcher directly, with no argument binding, specialisation or
+autotuner lookup on the way.
+"""
 import contextlib
 import functools
 
@@ -8,6 +16,7 @@ import triton
 from torch._subclasses.fake_tensor import is_fake
 from torch._subclasses.functional_tensor import FunctionalTensor
 from torch.library import wrap_triton
+from triton import knobs
 from triton.runtime.interpreter import InterpretedFunction, _patch_lang
 from triton.runtime.jit import JITFunction
 
@@ -20,6 +29,7 @@ MAX_INT32 = 2 ** 31 - 1
 # The kernels index the pixels of a GEMM's or a pooling's rows (N*P*Q, N*H*W) in int32, a
 # tile past the last one included; tensor offsets are 64-bit.
 MAX_PIXELS = MAX_INT32 - INTERPRETER_TILE_NUMEL
+ALIGNMENT = 16  # bytes: Triton specialises pointers on this divisibility (16-byte vector loads)
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -31,9 +41,13 @@ def block(n, cap):
 
 
 def suggest_memory_format(t):
-    """torch's Tensor.suggest_memory_format for a 4-D tensor (c10's is_channels_last_strides_2d):
-    outputs and input gradients take this format, as torch's do."""
-    sizes, strides = t.shape, t.stride()
+    """torch's Tensor.suggest_memory_format for a 4-D tensor: outputs and input gradients
+    take this format, as torch's do."""
+    return layout_of(t.shape, t.stride())
+
+
+def layout_of(sizes, strides):
+    """The memory format that c10's is_channels_last_strides_2d finds in 4-D sizes and strides."""
     if strides[1] == 0:
         return torch.contiguous_format
     smallest = 0
@@ -56,14 +70,40 @@ def memory_format(channels_last):
     return torch.channels_last if channels_last else torch.contiguous_format
 
 
+def format_strides(size, fmt):
+    """The strides of ``torch.empty(size, memory_format=fmt)`` (c10's contiguous strides skip
+    empty dimensions, its 4-D channels_last strides do not)."""
+    if fmt == torch.channels_last:
+        n, c, h, w = size
+        return (h * w * c, 1, w * c, c)
+    strides, step = [], 1
+    for dim in reversed(size):
+        strides.append(step)
+        step *= max(dim, 1)
+    return tuple(reversed(strides))
+
+
+class Output:
+    """How a launch's output is allocated: its size and strides (those of memory format
+    ``fmt`` unless given), dtype (``like``'s unless given), on ``like``'s device."""
+    __slots__ = ("size", "stride", "dtype", "device")
+
+    def __init__(self, size, fmt, like, dtype=None, stride=None):
+        self.size = tuple(size)
+        self.stride = tuple(stride) if stride is not None else format_strides(self.size, fmt)
+        self.dtype, self.device = dtype or like.dtype, like.device
+
+    def __call__(self):
+        return torch.empty_strided(self.size, self.stride, dtype=self.dtype, device=self.device)
+
+    @property
+    def empty(self):
+        return 0 in self.size
+
+
 def memory_span(t):
     """How far apart, in elements, the first and last element of ``t`` lie in memory."""
     return sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride()) if size > 0)
-
-
-def empty(shape, memory_format, like, dtype=None):
-    """An uninitialised tensor on ``like``'s device, in its dtype unless ``dtype`` is given."""
-    return torch.empty(shape, dtype=dtype or like.dtype, device=like.device, memory_format=memory_format)
 
 
 def is_interpreted(t: torch.Tensor) -> bool:
@@ -71,9 +111,14 @@ def is_interpreted(t: torch.Tensor) -> bool:
     return t.device.type == "cpu"
 
 
+def allows_tf32():
+    """torch.backends.cudnn.allow_tf32, read without the Python around it (a plan's key holds it)."""
+    return torch._C._get_cudnn_allow_tf32()
+
+
 def dot_precision(t: torch.Tensor) -> str:
     """tf32 for fp32 exactly when cuDNN would use it, so both sides share numerics."""
-    if t.dtype == torch.float32 and t.device.type == "cuda" and torch.backends.cudnn.allow_tf32:
+    if t.dtype == torch.float32 and t.device.type == "cuda" and allows_tf32():
         return "tf32"
     return "ieee"
 
@@ -137,33 +182,127 @@ def _autotuned(kernel, capability, configs, key, prune):
                            prune_configs_by={"early_config_prune": prune})(kernel)
 
 
-def launch(kernel, grid, *args, tensor, blocks, tuning=None, **meta):
-    """Launch ``kernel`` over ``grid`` (a callable of the meta-parameters) on ``tensor``'s device.
+_TUNING_RECORD = []
 
-    On CPU the interpreter runs it with ``blocks`` (large tiles: it runs one program at a time).
-    On CUDA, ``tuning`` = (configs, key, prune) autotunes the block sizes; without it the
-    kernel runs with ``blocks``. ``meta`` holds the constexpr flags.
 
-    Inside our custom ops (convtri/_library.py) a launch also meets tensors without data:
-    fake and meta tensors, when torch computes only an op's output shapes, run nothing; CUDA
-    tensors being traced by torch.compile go through ``wrap_triton``, so that the graph holds
-    the kernel itself.
+def autotune_record():
+    """What the autotuner chose, one entry per (kernel, autotune key) tuned in this process:
+    ``{"kernel", "key", "best", "timings_ms"}``, the timings being each tried config's median."""
+    return list(_TUNING_RECORD)
+
+
+def _record_tuning(autotuner, tuned_before):
+    """Record the keys ``autotuner`` benchmarked since it held ``tuned_before`` keys."""
+    timings = autotuner.configs_timings or {}
+    for key in list(autotuner.cache)[tuned_before:]:
+        _TUNING_RECORD.append(dict(
+            kernel=autotuner.base_fn.__name__, key=[str(k) for k in key], best=str(autotuner.cache[key]),
+            timings_ms={str(config): float(t[0] if isinstance(t, (list, tuple)) else t)
+                        for config, t in timings.items()}))
+
+
+class Launch:
+    """One kernel launch of a plan: the kernel, its grid (a function of the meta-parameters,
+    as Triton takes it) and every argument but the tensors, which a call passes and which
+    are the kernel's leading pointer arguments. ``meta`` holds the constexpr flags.
+
+    - CUDA: ``tuning`` = (configs, key, prune) autotunes the block sizes, else ``blocks`` are
+      used. The first launch per device and pointer alignment runs through Triton, then binds
+      the compiled kernel (``Bound``); later ones launch it directly.
+    - CPU: Triton's interpreter, with ``blocks`` (large tiles: it runs one program at a time).
+    - Meta and fake tensors, when torch computes only an op's output shapes: nothing.
+    - Functional tensors (torch.compile tracing through the op, CUDA only): ``wrap_triton``,
+      so that the graph holds the kernel itself.
     """
-    if isinstance(tensor, FunctionalTensor):  # torch.compile tracing through the op
-        if tensor.device.type != "cuda":
+    __slots__ = ("kernel", "grid", "scalars", "blocks", "tuning", "meta", "bound")
+
+    def __init__(self, kernel, grid, scalars, blocks, tuning=None, **meta):
+        self.kernel, self.grid, self.scalars = kernel, grid, tuple(scalars)
+        self.blocks, self.tuning, self.meta = blocks, tuning, meta
+        self.bound = {}
+
+    def __call__(self, *tensors):
+        t = tensors[0]
+        if type(t) is not torch.Tensor:
+            if isinstance(t, FunctionalTensor):
+                return self._traced(tensors)
+            if is_fake(t):
+                return None
+        if t.is_cuda:
+            return self._cuda(tensors)
+        if t.is_meta:
+            return None
+        return self._interpret(tensors)
+
+    def _cuda(self, tensors):
+        index = tensors[0].get_device()
+        pointers = 0
+        for t in tensors:
+            pointers |= t.data_ptr()
+        # one bound kernel per device and per pointer alignment, which Triton specialises on
+        key = index if pointers % ALIGNMENT == 0 else (index, tuple(t.data_ptr() % ALIGNMENT == 0 for t in tensors))
+        bound = self.bound.get(key)
+        if bound is None:
+            self.bound[key] = self._bind(tensors, index)  # launches once
+        elif index == torch._C._cuda_getDevice():
+            bound(tensors, torch._C._cuda_getCurrentRawStream(index))
+        else:
+            with torch.cuda.device(index):
+                bound(tensors, torch._C._cuda_getCurrentRawStream(index))
+
+    def _bind(self, tensors, index):
+        """Launch through Triton's autotuner or JIT, and bind the compiled kernel it ran."""
+        with torch.cuda.device(index):
+            if self.tuning is None:
+                compiled = self.kernel[self.grid](*tensors, *self.scalars, **self.meta, **self.blocks)
+                config = self.blocks
+            else:
+                autotuner = _autotuned(self.kernel, torch.cuda.get_device_capability(index), *self.tuning)
+                tuned_before = len(autotuner.cache)
+                autotuner.configs_timings = None
+                compiled = autotuner[self.grid](*tensors, *self.scalars, **self.meta)
+                _record_tuning(autotuner, tuned_before)
+                config = autotuner.best_config.kwargs
+            return Bound(compiled, self.kernel.arg_names, tensors, self.scalars, {**self.meta, **config}, self.grid)
+
+    def _traced(self, tensors):
+        if not tensors[0].is_cuda:
             raise RuntimeError("convtri: CPU kernels run in Triton's interpreter and cannot be traced; "
                                "convtri ops on CPU stay whole in a compiled graph")
-    elif is_fake(tensor) or tensor.device.type == "meta":
-        return
-    elif is_interpreted(tensor):
+        with torch.cuda.device(tensors[0].device):
+            if self.tuning is None:
+                wrap_triton(self.kernel)[self.grid](*tensors, *self.scalars, **self.meta, **self.blocks)
+            else:
+                capability = torch.cuda.get_device_capability(tensors[0].device)
+                wrap_triton(_autotuned(self.kernel, capability, *self.tuning))[self.grid](
+                    *tensors, *self.scalars, **self.meta)
+
+    def _interpret(self, tensors):
         _check_interpreter()
         # IEEE arithmetic as on a GPU: inf and NaN propagate without numpy's warnings
         with _interpreting(), np.errstate(all="ignore"):
-            _interpreted(kernel.fn)[grid](*args, **meta, **blocks)
-        return
-    with torch.cuda.device(tensor.device):
-        if tuning is None:
-            wrap_triton(kernel)[grid](*args, **meta, **blocks)
-        else:
-            capability = torch.cuda.get_device_capability(tensor.device)
-            wrap_triton(_autotuned(kernel, capability, *tuning))[grid](*args, **meta)
+            _interpreted(self.kernel.fn)[self.grid](*tensors, *self.scalars, **self.meta, **self.blocks)
+
+
+class Bound:
+    """A compiled kernel bound to its grid and every argument but the tensors: a call is the
+    launch Triton's JIT makes after it has bound, specialised and looked up the kernel
+    (``JITFunction.run`` in triton 3.6 to 3.9), with none of that work."""
+    __slots__ = ("compiled", "run", "function", "packed", "grid", "rest")
+
+    def __init__(self, compiled, arg_names, tensors, scalars, constexprs, grid):
+        if hasattr(compiled, "result"):  # an asynchronous compile's future
+            compiled = compiled.result()
+        named = {**dict(zip(arg_names, (*tensors, *scalars))), **constexprs}
+        grid = grid(named)
+        self.compiled = compiled
+        self.run = compiled.run  # loads the module on the current device
+        self.function, self.packed = compiled.function, compiled.packed_metadata
+        self.grid = (*grid, 1, 1)[:3]
+        self.rest = tuple(named[name] for name in arg_names[len(tensors):])
+
+    def __call__(self, tensors, stream):
+        enter = knobs.runtime.launch_enter_hook
+        metadata = None if enter is None else self.compiled.launch_metadata(self.grid, stream, *tensors, *self.rest)
+        self.run(*self.grid, stream, self.function, self.packed, metadata, enter, knobs.runtime.launch_exit_hook,
+                 *tensors, *self.rest)

@@ -1,16 +1,17 @@
-"""conv2d: argument handling, the custom ops torch.ops.convtri.conv2d / conv2d_dgrad /
-conv2d_wgrad on our kernels (convtri/conv_launch.py), and the autograd Function."""
+"""conv2d: argument handling, plans per call signature (convtri/_dispatch.py) on our kernels'
+launches (convtri/conv_launch.py), the custom ops torch.ops.convtri.conv2d / conv2d_dgrad /
+conv2d_wgrad, and the autograd Function."""
 from typing import Optional
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from convtri import _args
-from convtri._launch import (FLOAT_DTYPES, MAX_INT32, MAX_PIXELS, check_device, is_channels_last, memory_format,
-                             memory_span)
+from convtri._dispatch import (Plans, eager_apply, exact, is_eager, other_backward, plain_backward, records_grad,
+                               tensor_key)
+from convtri._launch import (FLOAT_DTYPES, MAX_INT32, MAX_PIXELS, allows_tf32, check_device, is_channels_last,
+                             memory_format, memory_span)
 from convtri._library import triton_op
-from convtri.conv_launch import (MAX_GRID_YZ, PAD_MODES, ConvGeometry, conv2d_dgrad, conv2d_forward,
-                                 conv2d_wgrad)
+from convtri.conv_launch import MAX_GRID_YZ, PAD_MODES, ConvGeometry, Dgrad, Forward, Wgrad
 from convtri.kernels import conv2d as kernels
 
 
@@ -121,16 +122,92 @@ def check_size(t, name, expected, op):
         raise RuntimeError(f"{op}: expected {name} of size {list(expected)}, got {list(t.shape)}")
 
 
+# ----------------------------------------------------------------------------- plans
+
+class ConvPlan:
+    """A checked convolution call signature (conv2d's, conv_transpose2d's): its ``forward``
+    launch, and its backward launches per gradient layout and set of gradients asked for,
+    built on first use. ``apply`` is its autograd Function's eager apply."""
+    apply = None
+
+    def __call__(self, input, weight, bias):
+        """The eager call: through the autograd Function when autograd records it."""
+        if records_grad(input, weight, bias):
+            return self.apply(input, weight, bias, self)
+        return self.forward(input, weight, bias)
+
+    def backward(self, dy, x, w, needs):
+        """(dx, dw, db) for ``needs`` = which of them are asked for (None for the others)."""
+        key = (dy.stride(), needs)  # dy has y's dtype (autograd casts it)
+        try:
+            launches = self.backwards[key]
+        except KeyError:
+            launches = self.backwards[key] = self.backward_launches(dy, x, w, needs)
+        return self.run_backward(launches, dy, x, w)
+
+
+class Conv2dPlan(ConvPlan):
+
+    def __init__(self, input, weight, bias, geom):
+        check_conv2d(input.shape, weight.shape, bias, geom)
+        self.geom = geom
+        self.forward = Forward(input, weight, bias, geom)
+        self.backwards = {}
+
+    def backward_launches(self, dy, x, w, needs):
+        dgrad = Dgrad(dy, w, None, x.shape, memory_format(is_channels_last(x)), self.geom) if needs[0] else None
+        wgrad = Wgrad(x, dy, w.shape, w.stride(), self.geom, needs[1], needs[2]) if needs[1] or needs[2] else None
+        return dgrad, wgrad
+
+    @staticmethod
+    def run_backward(launches, dy, x, w):
+        dgrad, wgrad = launches
+        dx = dgrad(dy, w) if dgrad is not None else None
+        dw, db = wgrad(x, dy) if wgrad is not None else (None, None)
+        return dx, dw, db
+
+    def backward_ops(self, dy, x, w, needs):
+        """(dx, dw, db) through the backward ops, as a tracer sees them."""
+        args = self.geom.op_args()
+        dx = dw = db = None
+        if needs[0]:
+            dx = torch.ops.convtri.conv2d_dgrad(dy, w, x.shape, is_channels_last(x), *args)
+        if needs[1] or needs[2]:
+            grads = iter(torch.ops.convtri.conv2d_wgrad(x, dy, w, *args, needs[1], needs[2]))
+            dw = next(grads) if needs[1] else None
+            db = next(grads) if needs[2] else None
+        return dx, dw, db
+
+
+def _public_plan(input, weight, bias, stride, padding, dilation, groups, padding_mode):
+    """The plan of a public call on 4-D input, its arguments in torch's forms: checked as the custom op's."""
+    geom = conv2d_geometry(weight, stride, padding, dilation, groups, padding_mode)
+    check_tensors("conv2d", dict(input=input, weight=weight, bias=bias))
+    return Conv2dPlan(input, weight, bias, geom)
+
+
+def _op_plan(input, weight, bias, stride, padding, dilation, groups, padding_mode):
+    key = (tensor_key(input), tensor_key(weight), tensor_key(bias), tuple(stride), tuple(padding), tuple(dilation),
+           groups, padding_mode, allows_tf32())
+    return _OP_PLANS.get_or_build(key, _build_op_plan, input, weight, bias, stride, padding, dilation, groups,
+                                  padding_mode)
+
+
+def _build_op_plan(input, weight, bias, stride, padding, dilation, groups, padding_mode):
+    check_tensors("conv2d", dict(input=input, weight=weight, bias=bias))
+    return Conv2dPlan(input, weight, bias, geometry_from_op_args(stride, padding, dilation, groups, padding_mode))
+
+
+_PLANS, _OP_PLANS, _DGRAD_PLANS, _WGRAD_PLANS = Plans(), Plans(), Plans(), Plans()
+
+
 # ----------------------------------------------------------------------------- custom ops
 
 @triton_op("conv2d", low_precision_autocast=True)
 def _conv2d_op(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride: list[int],
                padding: list[int], dilation: list[int], groups: int, padding_mode: str) -> torch.Tensor:
     """conv2d on 4-D input; ``padding`` is (top, bottom, left, right)."""
-    check_tensors("conv2d", dict(input=input, weight=weight, bias=bias))
-    geom = geometry_from_op_args(stride, padding, dilation, groups, padding_mode)
-    check_conv2d(input.shape, weight.shape, bias, geom)
-    return conv2d_forward(input, weight, bias, geom)
+    return _op_plan(input, weight, bias, stride, padding, dilation, groups, padding_mode).forward(input, weight, bias)
 
 
 @triton_op("conv2d_dgrad")
@@ -138,10 +215,19 @@ def _conv2d_dgrad_op(grad_output: torch.Tensor, weight: torch.Tensor, input_size
                      input_channels_last: bool, stride: list[int], padding: list[int], dilation: list[int],
                      groups: int, padding_mode: str) -> torch.Tensor:
     """The input gradient of conv2d, in channels_last if ``input_channels_last``."""
+    key = (tensor_key(grad_output), tensor_key(weight), tuple(input_size), input_channels_last, tuple(stride),
+           tuple(padding), tuple(dilation), groups, padding_mode, allows_tf32())
+    dgrad = _DGRAD_PLANS.get_or_build(key, _build_dgrad, grad_output, weight, input_size, input_channels_last,
+                                      stride, padding, dilation, groups, padding_mode)
+    return dgrad(grad_output, weight)
+
+
+def _build_dgrad(grad_output, weight, input_size, input_channels_last, stride, padding, dilation, groups,
+                 padding_mode):
     check_tensors("conv2d_dgrad", dict(grad_output=grad_output, weight=weight))
     geom = geometry_from_op_args(stride, padding, dilation, groups, padding_mode)
     check_size(grad_output, "grad_output", check_conv2d(input_size, weight.shape, None, geom), "conv2d_dgrad")
-    return conv2d_dgrad(grad_output, weight, tuple(input_size), memory_format(input_channels_last), geom)
+    return Dgrad(grad_output, weight, None, tuple(input_size), memory_format(input_channels_last), geom)
 
 
 @triton_op("conv2d_wgrad")
@@ -149,52 +235,71 @@ def _conv2d_wgrad_op(input: torch.Tensor, grad_output: torch.Tensor, weight: tor
                      padding: list[int], dilation: list[int], groups: int, padding_mode: str, weight_grad: bool,
                      bias_grad: bool) -> list[torch.Tensor]:
     """[weight gradient (laid out as ``weight``), bias gradient], each only if asked for."""
+    key = (tensor_key(input), tensor_key(grad_output), tensor_key(weight), tuple(stride), tuple(padding),
+           tuple(dilation), groups, padding_mode, weight_grad, bias_grad, allows_tf32())
+    wgrad = _WGRAD_PLANS.get_or_build(key, _build_wgrad, input, grad_output, weight, stride, padding, dilation,
+                                      groups, padding_mode, weight_grad, bias_grad)
+    return [t for t in wgrad(input, grad_output) if t is not None]
+
+
+def _build_wgrad(input, grad_output, weight, stride, padding, dilation, groups, padding_mode, weight_grad, bias_grad):
     check_tensors("conv2d_wgrad", dict(input=input, grad_output=grad_output, weight=weight))
     geom = geometry_from_op_args(stride, padding, dilation, groups, padding_mode)
     check_size(grad_output, "grad_output", check_conv2d(input.shape, weight.shape, None, geom), "conv2d_wgrad")
-    dw = torch.empty_like(weight) if weight_grad else None
-    db = torch.empty(weight.shape[0], dtype=input.dtype, device=input.device) if bias_grad else None
-    return [t for t in conv2d_wgrad(input, grad_output, geom, dw, db) if t is not None]
+    return Wgrad(input, grad_output, weight.shape, weight.stride(), geom, weight_grad, bias_grad)
 
 
 # ----------------------------------------------------------------------------- autograd
 
 class ConvFunction(torch.autograd.Function):
-    """What a convolution's backward needs (conv2d's and conv_transpose2d's): its input and
-    weight, and the op's geometry arguments, which follow (input, weight, bias)."""
+    """A convolution's autograd (conv2d's, conv_transpose2d's) on its plan: forward the plan's
+    forward launch, backward its gradient launches for the gradients asked for. Eager calls
+    apply it; its backward is also the autograd formula registered for the op, so both
+    routes run it."""
 
     @staticmethod
-    def setup_context(ctx, inputs, output):
-        input, weight, _, *geometry = inputs
+    def forward(ctx, input, weight, bias, plan):
         ctx.save_for_backward(input, weight)
-        ctx.geometry = geometry
+        ctx.plan = plan
+        return plan.forward(input, weight, bias)
+
+    @staticmethod
+    def backward(ctx, dy):
+        if plain_backward(dy):
+            x, w = ctx.saved_tensors
+            return *ctx.plan.backward(dy, x, w, ctx.needs_input_grad[:3]), None
+        return *_other_backward(ctx, dy), None
+
+
+@other_backward
+def _other_backward(ctx, dy):
+    """Through the plan's launches if the call is eager all the same (autograd records the
+    backward), else through the backward ops, which the tracer (compiled autograd, a
+    dispatch mode) sees."""
+    x, w = ctx.saved_tensors
+    needs = ctx.needs_input_grad[:3]
+    if is_eager(dy):
+        return ctx.plan.backward(dy, x, w, needs)
+    return ctx.plan.backward_ops(dy, x, w, needs)
+
+
+def register_autograd(op, function, op_plan):
+    """``function``'s backward as the autograd formula of ``op`` (input, weight, bias, then 5
+    other arguments), whose ``op_plan`` gives the plan of the op's arguments."""
+    def setup_context(ctx, inputs, output):
+        input, weight, bias, *arguments = inputs
+        ctx.save_for_backward(input, weight)
+        ctx.plan = op_plan(input, weight, bias, *arguments)
+    op.register_autograd(lambda ctx, dy: (*function.backward(ctx, dy)[:3], None, None, None, None, None),
+                         setup_context=setup_context)
 
 
 class Conv2dFunction(ConvFunction):
-    """conv2d's autograd: forward torch.ops.convtri.conv2d, backward conv2d_dgrad and
-    conv2d_wgrad, computing only the gradients asked for. It is also that op's registered
-    autograd formula, so both paths are this one."""
-
-    @staticmethod
-    def forward(input, weight, bias, stride, padding, dilation, groups, padding_mode):
-        return torch.ops.convtri.conv2d(input, weight, bias, stride, padding, dilation, groups, padding_mode)
-
-    @staticmethod
-    @once_differentiable  # our backward is not itself differentiable: say so rather than return zeros
-    def backward(ctx, dy):
-        x, w = ctx.saved_tensors
-        needs_dx, needs_dw, needs_db = ctx.needs_input_grad[:3]
-        dx = dw = db = None
-        if needs_dx:
-            dx = torch.ops.convtri.conv2d_dgrad(dy, w, x.shape, is_channels_last(x), *ctx.geometry)
-        if needs_dw or needs_db:
-            grads = iter(torch.ops.convtri.conv2d_wgrad(x, dy, w, *ctx.geometry, needs_dw, needs_db))
-            dw = next(grads) if needs_dw else None
-            db = next(grads) if needs_db else None
-        return dx, dw, db, None, None, None, None, None
+    pass
 
 
-_conv2d_op.register_autograd(Conv2dFunction.backward, setup_context=Conv2dFunction.setup_context)
+Conv2dPlan.apply = eager_apply(Conv2dFunction)
+register_autograd(_conv2d_op, Conv2dFunction, _op_plan)
 
 
 # ----------------------------------------------------------------------------- public ops
@@ -205,11 +310,21 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     ``padding_mode`` (keyword only) adds nn.Conv2d's reflect, replicate and circular
     padding, folded into the kernels' index arithmetic instead of a padded copy.
     """
+    if is_eager(input, weight, bias) and input.dim() == 4:
+        key = (tensor_key(input), tensor_key(weight), tensor_key(bias), exact(stride), exact(padding), exact(dilation),
+               exact(groups), exact(padding_mode), allows_tf32())
+        plan = _PLANS.get_or_build(key, _public_plan, input, weight, bias, stride, padding, dilation, groups,
+                                   padding_mode)
+        return plan(input, weight, bias)
     _args.check_tensor(weight, "weight")
     if bias is not None:
         _args.check_tensor(bias, "bias")
     geom = conv2d_geometry(weight, stride, padding, dilation, groups, padding_mode)
-    return _args.batched("conv2d", lambda x: torch.ops.convtri.conv2d(x, weight, bias, *geom.op_args()), input)
+    if is_eager(input, weight, bias):  # unbatched (or invalid) input
+        op = lambda x: conv2d(x, weight, bias, stride, padding, dilation, groups, padding_mode=padding_mode)
+    else:  # torch must see the op
+        op = lambda x: torch.ops.convtri.conv2d(x, weight, bias, *geom.op_args())
+    return _args.batched("conv2d", op, input)
 
 
 def corr2d(X, K):

@@ -1,16 +1,18 @@
-"""Launchers of the conv2d kernels: each allocates its outputs, computes the grid, and launches.
+"""The conv2d kernels' launches for one call signature: built once, called with tensors.
 
-conv2d and conv_transpose2d (convtri/conv2d.py, convtri/conv_transpose2d.py) share them: a
-transposed convolution's forward is conv2d's input gradient, and its gradients are conv2d's
-forward and weight gradient.
+``Forward``, ``Dgrad`` and ``Wgrad`` each take a first call's tensors, from which they read
+sizes, strides, dtype and device only, and fix every argument of their kernel launches;
+calling one allocates its outputs and launches. conv2d and conv_transpose2d (convtri/conv2d.py,
+convtri/conv_transpose2d.py) build their plans from them: a transposed convolution's forward
+is conv2d's input gradient, and its gradients are conv2d's forward and weight gradient.
 """
 from dataclasses import dataclass
 
 import torch
 import triton
 
-from convtri._launch import (INTERPRETER_CHANNELS, INTERPRETER_TILE_NUMEL, block, dot_precision, dot_upcast, empty,
-                             is_channels_last, is_interpreted, launch, memory_format)
+from convtri._launch import (INTERPRETER_CHANNELS, INTERPRETER_TILE_NUMEL, Launch, Output, block, dot_precision,
+                             dot_upcast, format_strides, is_channels_last, is_interpreted, layout_of, memory_format)
 from convtri.kernels import conv2d as kernels
 
 PAD_MODES = {"zeros": kernels.PAD_ZEROS, "reflect": kernels.PAD_REFLECT,
@@ -63,85 +65,103 @@ def _elementwise_block(t):
     return {"BLOCK": ELEMENTWISE_BLOCK_CPU if is_interpreted(t) else ELEMENTWISE_BLOCK_CUDA}
 
 
-def conv2d_forward(x, w, b, geom, out_hw=None, out_format=None):
+def _gemm_blocks(t, rows, columns, reduction, **extra):
+    """Interpreter tiles of a GEMM (CUDA autotunes them): as wide as Triton allows."""
+    block_n, block_k = block(columns, INTERPRETER_CHANNELS), block(reduction, INTERPRETER_REDUCTION)
+    return dict(BLOCK_M=_rows_block(rows, block_n, block_k), BLOCK_N=block_n, BLOCK_K=block_k, **extra)
+
+
+class Forward:
     """y = conv2d(x, w, b) for 4-D x, channels_last if x or w is. conv_transpose2d's input
     gradient computes only the first ``out_hw`` rows and columns, in ``out_format``."""
-    n, c, h, wd = x.shape
-    k, _, r, s = w.shape
-    p, q = out_hw or geom.output_size(h, wd, r, s)
-    out_format = out_format or memory_format(is_channels_last(x, w))
-    y = empty((n, k, p, q), out_format, x)
-    if y.numel() == 0:
+
+    def __init__(self, x, w, b, geom, out_hw=None, out_format=None):
+        n, c, h, wd = x.shape
+        k, _, r, s = w.shape
+        p, q = out_hw or geom.output_size(h, wd, r, s)
+        self.y = Output((n, k, p, q), out_format or memory_format(is_channels_last(x, w)), x)
+        self.launch = None if self.y.empty else self._launch(x, w, b, geom, (n, c, h, wd, k, p, q, r, s))
+
+    def _launch(self, x, w, b, geom, sizes):
+        n, c, h, wd, k, p, q, r, s = sizes
+        top, _, left, _ = geom.padding
+        groups = geom.groups
+        # One program: a BLOCK_M (output pixels) x BLOCK_N (output channels) tile of y, one group.
+        grid = lambda meta: (triton.cdiv(n * p * q, meta["BLOCK_M"]) * triton.cdiv(k // groups, meta["BLOCK_N"]),
+                             groups)
+        flat = _flat_taps(c // groups)
+        blocks = _gemm_blocks(x, n * p * q, k // groups, c // groups * (r * s if flat else 1), GROUP_M=1)
+        scalars = (n, c, h, wd, k, p, q, r, s, groups, *x.stride(), *w.stride(), *self.y.stride,
+                   b.stride(0) if b is not None else 0, *geom.stride, top, left, *geom.dilation)
+        return Launch(kernels.conv2d_fwd_kernel, grid, scalars, blocks,
+                      (kernels.conv2d_fwd_configs, kernels.CONV_KEY, kernels.conv2d_fwd_prune),
+                      HAS_BIAS=b is not None, PAD_MODE=geom.pad_mode, FLAT_TAPS=flat, PRECISION=dot_precision(x),
+                      UPCAST=dot_upcast(x))
+
+    def __call__(self, x, w, b):
+        y = self.y()
+        if self.launch is not None:
+            self.launch(x, w, b if b is not None else y, y)
         return y
-    top, _, left, _ = geom.padding
-    groups = geom.groups
-    # One program: a BLOCK_M (output pixels) x BLOCK_N (output channels) tile of y, one group.
-    grid = lambda meta: (triton.cdiv(n * p * q, meta["BLOCK_M"]) * triton.cdiv(k // groups, meta["BLOCK_N"]), groups)
-    flat = _flat_taps(c // groups)
-    block_n = block(k // groups, INTERPRETER_CHANNELS)
-    block_k = block(c // groups * (r * s if flat else 1), INTERPRETER_REDUCTION)
-    blocks = dict(BLOCK_M=_rows_block(n * p * q, block_n, block_k), BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=1)
-    launch(kernels.conv2d_fwd_kernel, grid,
-           x, w, b if b is not None else y, y,
-           n, c, h, wd, k, p, q, r, s, groups,
-           *x.stride(), *w.stride(), *y.stride(), b.stride(0) if b is not None else 0,
-           *geom.stride, top, left, *geom.dilation,
-           tensor=x, blocks=blocks,
-           tuning=(kernels.conv2d_fwd_configs, kernels.CONV_KEY, kernels.conv2d_fwd_prune),
-           HAS_BIAS=b is not None, PAD_MODE=geom.pad_mode, FLAT_TAPS=flat, PRECISION=dot_precision(x),
-           UPCAST=dot_upcast(x))
-    return y
 
 
-def conv2d_dgrad(dy, w, x_shape, x_format, geom, bias=None):
+class Dgrad:
     """dx of conv2d for 4-D dy, plus ``bias`` per channel of dx (conv_transpose2d's forward);
-    zero padding directly, other padding modes through pad_fold."""
-    if geom.pad_mode == kernels.PAD_ZEROS:
-        return _dgrad_zero_padding(dy, w, bias, x_shape, x_format, geom, dy.dtype)
-    if bias is not None:
-        raise RuntimeError(f"conv2d_dgrad: a bias needs zero padding, got padding_mode={geom.padding_mode!r}")
-    n, c, h, wd = x_shape
-    top, bottom, left, right = geom.padding
-    hp, wp = h + top + bottom, wd + left + right
-    unpadded = ConvGeometry(geom.stride, (0, 0, 0, 0), geom.dilation, geom.groups)
-    accumulator = torch.float64 if dy.dtype == torch.float64 else torch.float32
-    dx_padded = _dgrad_zero_padding(dy, w, None, (n, c, hp, wp), x_format, unpadded, accumulator)
-    dx = empty(x_shape, x_format, dy)
-    # One program: BLOCK elements of dx, each summing the padded positions that map onto it.
-    grid = lambda meta: (triton.cdiv(dx.numel(), meta["BLOCK"]),)
-    launch(kernels.pad_fold_kernel, grid, dx_padded, dx, n, c, h, wd, hp, wp,
-           *dx_padded.stride(), *dx.stride(), top, left,
-           tensor=dy, blocks=_elementwise_block(dy), PAD_MODE=geom.pad_mode)
-    return dx
+    zero padding directly, other padding modes into a padded buffer that pad_fold folds."""
 
+    def __init__(self, dy, w, bias, x_size, x_format, geom):
+        self.dx = Output(x_size, x_format, dy)
+        self.padded = self.fold = None
+        if geom.pad_mode == kernels.PAD_ZEROS:
+            self.launch = self._gemm(dy, w, bias, self.dx, geom)
+            return
+        n, c, h, wd = x_size
+        top, bottom, left, right = geom.padding
+        accumulator = torch.float64 if dy.dtype == torch.float64 else torch.float32
+        self.padded = Output((n, c, h + top + bottom, wd + left + right), x_format, dy, accumulator)
+        unpadded = ConvGeometry(geom.stride, (0, 0, 0, 0), geom.dilation, geom.groups)
+        self.launch = self._gemm(dy, w, None, self.padded, unpadded)
+        if not self.dx.empty:
+            # One program: BLOCK elements of dx, each summing the padded positions that map onto it.
+            grid = lambda meta: (triton.cdiv(n * c * h * wd, meta["BLOCK"]),)
+            self.fold = Launch(kernels.pad_fold_kernel, grid,
+                               (n, c, h, wd, *self.padded.size[2:], *self.padded.stride, *self.dx.stride, top, left),
+                               _elementwise_block(dy), PAD_MODE=geom.pad_mode)
 
-def _dgrad_zero_padding(dy, w, bias, x_shape, x_format, geom, dtype):
-    n, c, h, wd = x_shape
-    k, _, r, s = w.shape
-    p, q = dy.shape[2:]
-    dx = empty(x_shape, x_format, dy, dtype)
-    if dx.numel() == 0:
+    @staticmethod
+    def _gemm(dy, w, bias, dx, geom):
+        if dx.empty:
+            return None
+        n, c, h, wd = dx.size
+        k, _, r, s = w.shape
+        p, q = dy.shape[2:]
+        groups = geom.groups
+        sh, sw = geom.stride
+        top, _, left, _ = geom.padding
+        rows = n * triton.cdiv(h, sh) * triton.cdiv(wd, sw)  # input pixels of one stride phase, at most
+        # One program: a BLOCK_M (input pixels of one stride phase) x BLOCK_N (input channels) tile of dx.
+        grid = lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]) * triton.cdiv(c // groups, meta["BLOCK_N"]),
+                             groups, sh * sw)
+        flat = _flat_taps(k // groups)
+        blocks = _gemm_blocks(dy, rows, c // groups, k // groups * (r * s if flat else 1))
+        scalars = (n, c, h, wd, k, p, q, r, s, groups, *dy.stride(), *w.stride(), *dx.stride,
+                   bias.stride(0) if bias is not None else 0, sh, sw, top, left, *geom.dilation)
+        return Launch(kernels.conv2d_dgrad_kernel, grid, scalars, blocks,
+                      (kernels.conv2d_dgrad_configs, kernels.DGRAD_KEY, kernels.conv2d_dgrad_prune),
+                      HAS_BIAS=bias is not None, FLAT_TAPS=flat, PRECISION=dot_precision(dy), UPCAST=dot_upcast(dy))
+
+    def __call__(self, dy, w, bias=None):
+        dx = self.dx()
+        if self.padded is None:
+            if self.launch is not None:
+                self.launch(dy, w, bias if bias is not None else dx, dx)
+            return dx
+        padded = self.padded()
+        if self.launch is not None:
+            self.launch(dy, w, padded, padded)
+        if self.fold is not None:
+            self.fold(padded, dx)
         return dx
-    groups = geom.groups
-    sh, sw = geom.stride
-    top, _, left, _ = geom.padding
-    rows = n * triton.cdiv(h, sh) * triton.cdiv(wd, sw)  # input pixels of one stride phase, at most
-    # One program: a BLOCK_M (input pixels of one stride phase) x BLOCK_N (input channels) tile of dx.
-    grid = lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]) * triton.cdiv(c // groups, meta["BLOCK_N"]),
-                         groups, sh * sw)
-    flat = _flat_taps(k // groups)
-    block_n = block(c // groups, INTERPRETER_CHANNELS)
-    block_k = block(k // groups * (r * s if flat else 1), INTERPRETER_REDUCTION)
-    blocks = dict(BLOCK_M=_rows_block(rows, block_n, block_k), BLOCK_N=block_n, BLOCK_K=block_k)
-    launch(kernels.conv2d_dgrad_kernel, grid,
-           dy, w, bias if bias is not None else dx, dx,
-           n, c, h, wd, k, p, q, r, s, groups,
-           *dy.stride(), *w.stride(), *dx.stride(), bias.stride(0) if bias is not None else 0,
-           sh, sw, top, left, *geom.dilation,
-           tensor=dy, blocks=blocks,
-           tuning=(kernels.conv2d_dgrad_configs, kernels.DGRAD_KEY, kernels.conv2d_dgrad_prune),
-           HAS_BIAS=bias is not None, FLAT_TAPS=flat, PRECISION=dot_precision(dy), UPCAST=dot_upcast(dy))
-    return dx
 
 
 def _wgrad_splits(x, rows, weight_numel):
@@ -156,50 +176,91 @@ def _wgrad_splits(x, rows, weight_numel):
     return max(1, min(wanted, by_rows, by_memory, MAX_GRID_YZ))
 
 
-def conv2d_wgrad(x, dy, geom, dw=None, db=None):
-    """Fill ``dw`` (the weight gradient, any layout) and/or ``db`` (the bias gradient, the sum
-    of dy per channel) of conv2d. Deterministic two-stage reduction: fp32 partials over N*P*Q
-    slices, then a fixed-order sum. Without ``dw`` only dy is read."""
-    n, c, h, wd = x.shape
-    k, p, q = dy.shape[1:]
-    c_per_group, r, s = dw.shape[1:] if dw is not None else (c // geom.groups, 1, 1)
-    groups = geom.groups
-    top, _, left, _ = geom.padding
-    rows = n * p * q
-    splits = _wgrad_splits(x, rows, k * c_per_group * r * s)
-    accumulator = torch.float64 if x.dtype == torch.float64 else torch.float32
-    dw_part = torch.empty((splits, k, c_per_group, r, s) if dw is not None else (0,), dtype=accumulator,
-                          device=x.device)
-    db_part = torch.empty((splits, k) if db is not None else (0,), dtype=accumulator, device=x.device)
-    flat = _flat_taps(c_per_group)
-    # One program: a BLOCK_M (output channels) x BLOCK_N (input channels of one tap (r, s), or
-    # with FLAT_TAPS columns over (r, s, c)) tile for one slice of N*P*Q and one group; the bias
-    # alone needs one column tile.
-    columns, taps = (c_per_group * r * s, 1) if flat else (c_per_group, r * s)
-    grid = lambda meta: (triton.cdiv(k // groups, meta["BLOCK_M"])
-                         * (taps * triton.cdiv(columns, meta["BLOCK_N"]) if dw is not None else 1), splits, groups)
-    block_m, block_n = block(k // groups, INTERPRETER_CHANNELS), block(columns, INTERPRETER_CHANNELS)
-    blocks = dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=_rows_block(rows, block_m, block_n))
-    launch(kernels.conv2d_wgrad_kernel, grid,
-           x, dy, dw_part, db_part,
-           n, c, h, wd, k, p, q, r, s, groups, splits,
-           *x.stride(), *dy.stride(),
-           *geom.stride, top, left, *geom.dilation,
-           tensor=x, blocks=blocks,
-           tuning=(kernels.conv2d_wgrad_configs, kernels.CONV_KEY, kernels.conv2d_wgrad_prune),
-           WEIGHT_GRAD=dw is not None, BIAS_GRAD=db is not None, PAD_MODE=geom.pad_mode, FLAT_TAPS=flat,
-           PRECISION=dot_precision(x), UPCAST=dot_upcast(x))
-    for part, out in ((dw_part, dw), (db_part, db)):
-        if out is not None:
-            _sum_splits(part, out)
-    return dw, db
+def strides_like(size, stride):
+    """The strides ``torch.empty_like`` gives a tensor of ``size`` and ``stride``: its own
+    when it is non-overlapping and dense, else those of its suggested memory format."""
+    expected = 1
+    for d in sorted((d for d in range(len(size)) if size[d] >= 2), key=lambda d: stride[d]):
+        if stride[d] != expected:
+            return format_strides(size, layout_of(size, stride))
+        expected *= size[d]
+    return tuple(stride)
 
 
-def _sum_splits(part, out):
+class Wgrad:
+    """The weight gradient (laid out as ``torch.empty_like(weight)``) and/or the bias gradient
+    (the sum of dy per channel) of conv2d, each only if asked for. One slice of the N*P*Q
+    reduction writes them directly; several (on CUDA, to fill the GPU) write fp32 partials
+    that a fixed-order second pass sums: deterministic either way."""
+
+    def __init__(self, x, dy, w_size, w_stride, geom, weight_grad=True, bias_grad=False):
+        n, c, h, wd = x.shape
+        k, p, q = dy.shape[1:]
+        c_per_group, r, s = w_size[1:]
+        groups = geom.groups
+        top, _, left, _ = geom.padding
+        rows = n * p * q
+        self.dw = Output(w_size, None, x, stride=strides_like(w_size, w_stride)) if weight_grad else None
+        self.db = Output((k,), torch.contiguous_format, x) if bias_grad else None
+        self.splits = _wgrad_splits(x, rows, k * c_per_group * r * s)
+        accumulator = torch.float64 if x.dtype == torch.float64 else torch.float32
+        self.parts = [Output((self.splits, *out.size), torch.contiguous_format, x, accumulator)
+                      if out is not None and self.splits > 1 else None for out in (self.dw, self.db)]
+        dw_strides = self._strides(self.dw, self.parts[0], 5)
+        db_strides = self._strides(self.db, self.parts[1], 2)
+        flat = _flat_taps(c_per_group)
+        # One program: a BLOCK_M (output channels) x BLOCK_N (input channels of one tap (r, s), or
+        # with FLAT_TAPS columns over (r, s, c)) tile for one slice of N*P*Q and one group; the bias
+        # alone needs one column tile.
+        columns, taps = (c_per_group * r * s, 1) if flat else (c_per_group, r * s)
+        tiles_w = weight_grad and columns > 0  # no input channel: dw is empty, db still sums dy
+        splits = self.splits
+        grid = lambda meta: (triton.cdiv(k // groups, meta["BLOCK_M"])
+                             * (taps * triton.cdiv(columns, meta["BLOCK_N"]) if tiles_w else 1), splits, groups)
+        block_m, block_n = block(k // groups, INTERPRETER_CHANNELS), block(columns, INTERPRETER_CHANNELS)
+        blocks = dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=_rows_block(rows, block_m, block_n))
+        scalars = (n, c, h, wd, k, p, q, r, s, groups, splits, *x.stride(), *dy.stride(), *dw_strides, *db_strides,
+                   *geom.stride, top, left, *geom.dilation)
+        # an empty reduction (no rows) writes zeros
+        self.launch = Launch(
+            kernels.conv2d_wgrad_kernel, grid, scalars, blocks,
+            (kernels.conv2d_wgrad_configs, kernels.CONV_KEY, kernels.conv2d_wgrad_prune),
+            WEIGHT_GRAD=tiles_w, BIAS_GRAD=bias_grad, PAD_MODE=geom.pad_mode, FLAT_TAPS=flat,
+            PRECISION=dot_precision(x), UPCAST=dot_upcast(x))
+        self.sums = [_sum_splits(part, out, x) if part is not None else None for part, out in zip(self.parts,
+                                                                                                 (self.dw, self.db))]
+
+    @staticmethod
+    def _strides(out, part, dims):
+        """(split stride, then the output's strides) for the kernel: 0 for an unsplit output."""
+        if part is not None:
+            return part.stride
+        return (0, *out.stride) if out is not None else (0,) * dims
+
+    def __call__(self, x, dy):
+        """(dw, db), None for a gradient not asked for."""
+        dw = self.dw() if self.dw is not None else None
+        db = self.db() if self.db is not None else None
+        if self.splits == 1:
+            self.launch(x, dy, dw if dw is not None else db, db if db is not None else dw)
+            return dw, db
+        parts = [part() if part is not None else None for part in self.parts]
+        placeholder = parts[0] if parts[0] is not None else parts[1]
+        self.launch(x, dy, *[part if part is not None else placeholder for part in parts])
+        for total, part, out in zip(self.sums, parts, (dw, db)):
+            if total is not None:
+                total(part, out)
+        return dw, db
+
+
+def _sum_splits(part, out, like):
     """out = part.sum(0), deterministically, written through out's strides."""
-    sizes = list(out.shape) + [1] * (4 - out.dim())
-    strides = list(out.stride()) + [0] * (4 - out.dim())
+    sizes = list(out.size) + [1] * (4 - len(out.size))
+    strides = list(out.stride) + [0] * (4 - len(out.size))
+    numel = 1
+    for size in out.size:
+        numel *= size
     # One program: BLOCK elements of out, each summed over the splits in order.
-    grid = lambda meta: (triton.cdiv(out.numel(), meta["BLOCK"]),)
-    launch(kernels.conv2d_sum_splits_kernel, grid, part, out, part.shape[0], *sizes, *strides,
-           tensor=out, blocks=_elementwise_block(out))
+    grid = lambda meta: (triton.cdiv(numel, meta["BLOCK"]),)
+    return Launch(kernels.conv2d_sum_splits_kernel, grid, (part.size[0], *sizes, *strides),
+                  _elementwise_block(like))

@@ -6,13 +6,13 @@ forward kernel, and its weight gradient conv2d's weight-gradient kernel: no GEMM
 from typing import Optional
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from convtri import _args
-from convtri._launch import is_channels_last, memory_format, suggest_memory_format
+from convtri._dispatch import Plans, eager_apply, exact, is_eager, tensor_key
+from convtri._launch import allows_tf32, is_channels_last, memory_format, suggest_memory_format
 from convtri._library import triton_op
-from convtri.conv2d import ConvFunction, check_conv2d, check_size, check_tensors
-from convtri.conv_launch import ConvGeometry, conv2d_dgrad, conv2d_forward, conv2d_wgrad
+from convtri.conv2d import ConvFunction, ConvPlan, check_conv2d, check_size, check_tensors, register_autograd
+from convtri.conv_launch import ConvGeometry, Dgrad, Forward, Wgrad
 
 OP = "conv_transpose2d"
 # The bias gradient is the sum of grad_output per channel: conv2d_wgrad's bias reduction over
@@ -58,16 +58,68 @@ def transposed_geometry(input_size, weight, bias, stride, padding, output_paddin
     return geom, output_size
 
 
+# ----------------------------------------------------------------------------- plans
+
+def backward_launches(dy, x, w, geom, needs):
+    """The launches of conv_transpose2d's gradients: the input's is conv2d of grad_output (cut
+    to the input's size where output_padding added rows), the weight's conv2d's weight
+    gradient with grad_output in the role of its input, the bias's the sum of grad_output
+    per channel (conv2d_wgrad's bias reduction over a 1x1 convolution of grad_output)."""
+    dx = Forward(dy, w, None, geom, x.shape[2:], suggest_memory_format(x)) if needs[0] else None
+    dw = Wgrad(dy, x, w.shape, w.stride(), geom) if needs[1] else None
+    channels = dy.shape[1]
+    db = Wgrad(dy, dy, (channels, channels, 1, 1), (channels, 1, 1, 1), CHANNEL_SUM, False, True) if needs[2] else None
+    return dx, dw, db
+
+
+def run_backward(launches, dy, x, w):
+    """(dx, dw, db) from ``backward_launches``, None for a gradient not asked for."""
+    dx, dw, db = launches
+    return (dx(dy, w, None) if dx is not None else None, dw(dy, x)[0] if dw is not None else None,
+            db(dy, dy)[1] if db is not None else None)
+
+
+class ConvTranspose2dPlan(ConvPlan):
+    """Its forward launch is conv2d's input gradient."""
+
+    def __init__(self, input, weight, bias, stride, padding, output_padding, groups, dilation):
+        check_tensors(OP, dict(input=input, weight=weight, bias=bias))
+        self.arguments = [list(stride), list(padding), list(output_padding), groups, list(dilation)]  # the op's
+        self.geom, output_size = transposed_geometry(input.shape, weight, bias, stride, padding, output_padding,
+                                                     groups, dilation)
+        self.forward = Dgrad(input, weight, bias, output_size, memory_format(is_channels_last(input, weight)),
+                             self.geom)
+        self.backwards = {}
+
+    def backward_launches(self, dy, x, w, needs):
+        return backward_launches(dy, x, w, self.geom, needs)
+
+    run_backward = staticmethod(run_backward)
+
+    def backward_ops(self, dy, x, w, needs):
+        """(dx, dw, db) through the backward op, as a tracer sees it."""
+        grads = iter(torch.ops.convtri.conv_transpose2d_backward(dy, x, w, *self.arguments, *needs))
+        return tuple(next(grads) if need else None for need in needs)
+
+
+_PLANS, _OP_PLANS, _BACKWARD_PLANS = Plans(), Plans(), Plans()
+
+
+def _op_plan(input, weight, bias, stride, padding, output_padding, groups, dilation):
+    key = (tensor_key(input), tensor_key(weight), tensor_key(bias), tuple(stride), tuple(padding),
+           tuple(output_padding), groups, tuple(dilation), allows_tf32())
+    return _OP_PLANS.get_or_build(key, ConvTranspose2dPlan, input, weight, bias, stride, padding, output_padding,
+                                  groups, dilation)
+
+
 # ----------------------------------------------------------------------------- custom ops
 
 @triton_op(OP, low_precision_autocast=True)
 def _conv_transpose2d_op(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride: list[int],
                          padding: list[int], output_padding: list[int], groups: int,
                          dilation: list[int]) -> torch.Tensor:
-    check_tensors(OP, dict(input=input, weight=weight, bias=bias))
-    geom, output_size = transposed_geometry(input.shape, weight, bias, stride, padding, output_padding, groups,
-                                            dilation)
-    return conv2d_dgrad(input, weight, output_size, memory_format(is_channels_last(input, weight)), geom, bias)
+    plan = _op_plan(input, weight, bias, stride, padding, output_padding, groups, dilation)
+    return plan.forward(input, weight, bias)
 
 
 @triton_op(f"{OP}_backward")
@@ -76,56 +128,64 @@ def _conv_transpose2d_backward_op(grad_output: torch.Tensor, input: torch.Tensor
                                   dilation: list[int], input_grad: bool, weight_grad: bool,
                                   bias_grad: bool) -> list[torch.Tensor]:
     """[input gradient, weight gradient, bias gradient], each only if asked for."""
+    needs = (input_grad, weight_grad, bias_grad)
+    key = (tensor_key(grad_output), tensor_key(input), tensor_key(weight), tuple(stride), tuple(padding),
+           tuple(output_padding), groups, tuple(dilation), needs, allows_tf32())
+    launches = _BACKWARD_PLANS.get_or_build(key, _build_backward, grad_output, input, weight, stride, padding,
+                                            output_padding, groups, dilation, needs)
+    return [grad for grad in run_backward(launches, grad_output, input, weight) if grad is not None]
+
+
+def _build_backward(grad_output, input, weight, stride, padding, output_padding, groups, dilation, needs):
     check_tensors(f"{OP}_backward", dict(grad_output=grad_output, input=input, weight=weight))
     geom, output_size = transposed_geometry(input.shape, weight, None, stride, padding, output_padding, groups,
                                             dilation)
     check_size(grad_output, "grad_output", output_size, f"{OP}_backward")
-    grads = []
-    if input_grad:  # conv2d of grad_output, cut to the input's size where output_padding added rows
-        grads.append(conv2d_forward(grad_output, weight, None, geom, input.shape[2:], suggest_memory_format(input)))
-    if weight_grad:  # conv2d's weight gradient, grad_output in the role of its input
-        grads.append(conv2d_wgrad(grad_output, input, geom, dw=torch.empty_like(weight))[0])
-    if bias_grad:
-        db = torch.empty(output_size[1], dtype=grad_output.dtype, device=grad_output.device)
-        grads.append(conv2d_wgrad(grad_output, grad_output, CHANNEL_SUM, db=db)[1])
-    return grads
+    return backward_launches(grad_output, input, weight, geom, needs)
 
 
 # ----------------------------------------------------------------------------- autograd
 
 class ConvTranspose2dFunction(ConvFunction):
-    """conv_transpose2d's autograd: forward torch.ops.convtri.conv_transpose2d, backward
-    conv_transpose2d_backward for the gradients asked for; also that op's registered autograd."""
-
-    @staticmethod
-    def forward(input, weight, bias, stride, padding, output_padding, groups, dilation):
-        return torch.ops.convtri.conv_transpose2d(input, weight, bias, stride, padding, output_padding, groups,
-                                                  dilation)
-
-    @staticmethod
-    @once_differentiable  # our backward is not itself differentiable: say so rather than return zeros
-    def backward(ctx, dy):
-        x, w = ctx.saved_tensors
-        needs = ctx.needs_input_grad[:3]
-        grads = iter(torch.ops.convtri.conv_transpose2d_backward(dy, x, w, *ctx.geometry, *needs))
-        return *[next(grads) if need else None for need in needs], None, None, None, None, None
+    pass
 
 
-_conv_transpose2d_op.register_autograd(ConvTranspose2dFunction.backward,
-                                       setup_context=ConvTranspose2dFunction.setup_context)
+ConvTranspose2dPlan.apply = eager_apply(ConvTranspose2dFunction)
+register_autograd(_conv_transpose2d_op, ConvTranspose2dFunction, _op_plan)
 
 
 # ----------------------------------------------------------------------------- public op
 
 def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
     """``torch.nn.functional.conv_transpose2d`` on convtri's Triton kernels."""
+    if is_eager(input, weight, bias) and input.dim() == 4:
+        key = (tensor_key(input), tensor_key(weight), tensor_key(bias), exact(stride), exact(padding),
+               exact(output_padding), exact(groups), exact(dilation), allows_tf32())
+        plan = _PLANS.get_or_build(key, _public_plan, input, weight, bias, stride, padding, output_padding, groups,
+                                   dilation)
+        return plan(input, weight, bias)
+    stride, padding, output_padding, dilation = _public_args(weight, bias, stride, padding, output_padding, groups,
+                                                             dilation)
+    if is_eager(input, weight, bias):  # unbatched (or invalid) input
+        op = lambda x: conv_transpose2d(x, weight, bias, stride, padding, output_padding, groups, dilation)
+    else:  # torch must see the op
+        op = lambda x: torch.ops.convtri.conv_transpose2d(x, weight, bias, stride, padding, output_padding, groups,
+                                                          dilation)
+    return _args.batched(OP, op, input)
+
+
+def _public_args(weight, bias, stride, padding, output_padding, groups, dilation):
+    """torch's argument forms checked, the pairs as pairs."""
     _args.check_tensor(weight, "weight")
     if bias is not None:
         _args.check_tensor(bias, "bias")
     if not isinstance(groups, int) or isinstance(groups, bool):
         raise TypeError(f"{OP}: groups must be an int, got {groups!r} ({type(groups).__name__})")
-    pairs = [_args.pair(value, name) for name, value in (("stride", stride), ("padding", padding),
-                                                         ("output_padding", output_padding), ("dilation", dilation))]
-    stride, padding, output_padding, dilation = pairs
-    return _args.batched(OP, lambda x: torch.ops.convtri.conv_transpose2d(x, weight, bias, stride, padding,
-                                                                         output_padding, groups, dilation), input)
+    return [_args.pair(value, name) for name, value in (("stride", stride), ("padding", padding),
+                                                        ("output_padding", output_padding), ("dilation", dilation))]
+
+
+def _public_plan(input, weight, bias, stride, padding, output_padding, groups, dilation):
+    stride, padding, output_padding, dilation = _public_args(weight, bias, stride, padding, output_padding, groups,
+                                                             dilation)
+    return ConvTranspose2dPlan(input, weight, bias, stride, padding, output_padding, groups, dilation)

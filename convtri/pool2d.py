@@ -1,16 +1,18 @@
-"""pool2d: max, average and adaptive average pooling: argument handling, the custom ops
-torch.ops.convtri.{max,avg,adaptive_avg}_pool2d and their backward ops on our kernels
-(convtri/pool_launch.py), and the autograd Functions."""
+"""pool2d: max, average and adaptive average pooling: argument handling, plans per call
+signature (convtri/_dispatch.py) on our kernels' launches (convtri/pool_launch.py), the custom
+ops torch.ops.convtri.{max,avg,adaptive_avg}_pool2d and their backward ops, and the autograd
+Functions."""
 from typing import Optional
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from convtri import _args
+from convtri._dispatch import (Plans, eager_apply, exact, is_eager, other_backward, plain_backward, records_grad,
+                               tensor_key)
 from convtri._launch import FLOAT_DTYPES, MAX_INT32, MAX_PIXELS, check_device, is_channels_last, memory_format
 from convtri._library import triton_op
-from convtri.pool_launch import (PoolGeometry, avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward,
-                                 max_pool2d_forward, pooling_output_size)
+from convtri.pool_launch import (AvgBackward, AvgForward, MaxBackward, MaxForward, PoolGeometry,
+                                 pooling_output_size)
 
 # ----------------------------------------------------------------------------- arguments
 
@@ -108,15 +110,93 @@ def _check_grad_output(op, grad_output, input_size, geom):
         raise RuntimeError(f"{op}: expected grad_output of size {list(expected)}, got {list(grad_output.shape)}")
 
 
+# ----------------------------------------------------------------------------- plans
+
+class PoolPlan:
+    """A checked pooling call signature: its geometry, the op's other arguments (as the
+    custom ops take them), and its launches, each built on first use: the forward's, and
+    the backward's per gradient layout."""
+
+    def __init__(self, input, geom, arguments):
+        self.geom, self.arguments = geom, arguments
+        self.input_size, self.channels_last = tuple(input.shape), is_channels_last(input)
+        self.launches = {}
+
+    def launch(self, key, build, *args):
+        launch = self.launches.get(key)
+        if launch is None:
+            launch = self.launches[key] = build(*args)
+        return launch
+
+
+class MaxPool2dPlan(PoolPlan):
+    def forward(self, input, with_indices):
+        return self.launch(with_indices, MaxForward, input, self.geom, with_indices)(input)
+
+    def backward(self, dy, idx):
+        return self.launch(dy.stride(), MaxBackward, dy, idx, self.input_size,
+                           memory_format(self.channels_last), self.geom)(dy, idx)
+
+    def __call__(self, input, return_indices):
+        if records_grad(input):
+            y, idx = _max_apply(input, self)
+        else:
+            y, idx = self.forward(input, return_indices)
+        return (y, idx) if return_indices else y
+
+
+class AvgPool2dPlan(PoolPlan):
+    """average pooling, fixed or adaptive windows"""
+
+    def forward(self, input):
+        return self.launch("forward", AvgForward, input, self.geom)(input)
+
+    def backward(self, dy):
+        return self.launch(dy.stride(), AvgBackward, dy, self.input_size,
+                           memory_format(self.channels_last), self.geom)(dy)
+
+    def __call__(self, input):
+        if records_grad(input):
+            return _avg_apply(input, self)
+        return self.forward(input)
+
+
+def _max_plan(input, kernel_size, stride, padding, dilation, ceil_mode):
+    check_input("max_pool2d", input)
+    geom = pool2d_geometry("max_pool2d", input.shape, kernel_size, stride, padding, dilation, ceil_mode)
+    return MaxPool2dPlan(input, geom, [list(kernel_size), list(stride), list(padding), list(dilation), ceil_mode])
+
+
+def _avg_plan(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
+    check_input("avg_pool2d", input)
+    geom = pool2d_geometry("avg_pool2d", input.shape, kernel_size, stride, padding, (1, 1), ceil_mode,
+                           count_include_pad, divisor_override)
+    return AvgPool2dPlan(input, geom, [list(kernel_size), list(stride), list(padding), ceil_mode, count_include_pad,
+                                       divisor_override])
+
+
+def _adaptive_plan(input, output_size):
+    check_input("adaptive_avg_pool2d", input)
+    return AvgPool2dPlan(input, adaptive_geometry(input.shape, output_size), [])
+
+
+_MAX_PLANS, _AVG_PLANS, _ADAPTIVE_PLANS, _BACKWARD_PLANS = Plans(), Plans(), Plans(), Plans()
+
+
+def _plan(plans, build, input, *arguments):
+    """The op route's plans, keyed by the custom op's own arguments (lists as tuples)."""
+    key = (tensor_key(input), *(tuple(a) if isinstance(a, list) else a for a in arguments))
+    return plans.get_or_build(key, build, input, *arguments)
+
+
 # ----------------------------------------------------------------------------- custom ops
 
 @triton_op("max_pool2d")
 def _max_pool2d_op(input: torch.Tensor, kernel_size: list[int], stride: list[int], padding: list[int],
                    dilation: list[int], ceil_mode: bool, with_indices: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(maxima, int64 flat h*W+w indices); the indices are an empty tensor unless ``with_indices``."""
-    check_input("max_pool2d", input)
-    geom = pool2d_geometry("max_pool2d", input.shape, kernel_size, stride, padding, dilation, ceil_mode)
-    y, idx = max_pool2d_forward(input, geom, with_indices)
+    plan = _plan(_MAX_PLANS, _max_plan, input, kernel_size, stride, padding, dilation, ceil_mode)
+    y, idx = plan.forward(input, with_indices)
     return y, idx if idx is not None else input.new_empty((0,), dtype=torch.int64)
 
 
@@ -124,114 +204,158 @@ def _max_pool2d_op(input: torch.Tensor, kernel_size: list[int], stride: list[int
 def _max_pool2d_backward_op(grad_output: torch.Tensor, indices: torch.Tensor, input_size: list[int],
                             input_channels_last: bool, kernel_size: list[int], stride: list[int],
                             padding: list[int], dilation: list[int], ceil_mode: bool) -> torch.Tensor:
+    key = ("max", tensor_key(grad_output), tensor_key(indices), tuple(input_size), input_channels_last,
+           tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation), ceil_mode)
+    launch = _BACKWARD_PLANS.get_or_build(key, _max_backward, grad_output, indices, input_size, input_channels_last,
+                                          kernel_size, stride, padding, dilation, ceil_mode)
+    return launch(grad_output, indices)
+
+
+def _max_backward(grad_output, indices, input_size, input_channels_last, kernel_size, stride, padding, dilation,
+                  ceil_mode):
     op = "max_pool2d_backward"
     geom = pool2d_geometry(op, input_size, kernel_size, stride, padding, dilation, ceil_mode)
     _check_grad_output(op, grad_output, input_size, geom)
     if indices.dtype != torch.int64 or indices.shape != grad_output.shape or indices.device != grad_output.device:
         raise RuntimeError(f"{op}: expected int64 indices of size {list(grad_output.shape)} on {grad_output.device}, "
                            f"got {indices.dtype} of size {list(indices.shape)} on {indices.device}")
-    return max_pool2d_backward(grad_output, indices, tuple(input_size), memory_format(input_channels_last), geom)
+    return MaxBackward(grad_output, indices, tuple(input_size), memory_format(input_channels_last), geom)
 
 
 @triton_op("avg_pool2d")
 def _avg_pool2d_op(input: torch.Tensor, kernel_size: list[int], stride: list[int], padding: list[int],
                    ceil_mode: bool, count_include_pad: bool, divisor_override: Optional[int]) -> torch.Tensor:
-    check_input("avg_pool2d", input)
-    geom = pool2d_geometry("avg_pool2d", input.shape, kernel_size, stride, padding, (1, 1), ceil_mode,
-                           count_include_pad, divisor_override)
-    return avg_pool2d_forward(input, geom)
+    plan = _plan(_AVG_PLANS, _avg_plan, input, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                 divisor_override)
+    return plan.forward(input)
 
 
 @triton_op("avg_pool2d_backward")
 def _avg_pool2d_backward_op(grad_output: torch.Tensor, input_size: list[int], input_channels_last: bool,
                             kernel_size: list[int], stride: list[int], padding: list[int], ceil_mode: bool,
                             count_include_pad: bool, divisor_override: Optional[int]) -> torch.Tensor:
+    key = ("avg", tensor_key(grad_output), tuple(input_size), input_channels_last, tuple(kernel_size), tuple(stride),
+           tuple(padding), ceil_mode, count_include_pad, divisor_override)
+    launch = _BACKWARD_PLANS.get_or_build(key, _avg_backward, grad_output, input_size, input_channels_last,
+                                          kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+    return launch(grad_output)
+
+
+def _avg_backward(grad_output, input_size, input_channels_last, kernel_size, stride, padding, ceil_mode,
+                  count_include_pad, divisor_override):
     op = "avg_pool2d_backward"
     geom = pool2d_geometry(op, input_size, kernel_size, stride, padding, (1, 1), ceil_mode, count_include_pad,
                            divisor_override)
     _check_grad_output(op, grad_output, input_size, geom)
-    return avg_pool2d_backward(grad_output, tuple(input_size), memory_format(input_channels_last), geom)
+    return AvgBackward(grad_output, tuple(input_size), memory_format(input_channels_last), geom)
 
 
 @triton_op("adaptive_avg_pool2d")
 def _adaptive_avg_pool2d_op(input: torch.Tensor, output_size: list[int]) -> torch.Tensor:
-    check_input("adaptive_avg_pool2d", input)
-    return avg_pool2d_forward(input, adaptive_geometry(input.shape, output_size))
+    return _plan(_ADAPTIVE_PLANS, _adaptive_plan, input, output_size).forward(input)
 
 
 @triton_op("adaptive_avg_pool2d_backward")
 def _adaptive_avg_pool2d_backward_op(grad_output: torch.Tensor, input_size: list[int],
                                      input_channels_last: bool) -> torch.Tensor:
+    key = ("adaptive", tensor_key(grad_output), tuple(input_size), input_channels_last)
+    launch = _BACKWARD_PLANS.get_or_build(key, _adaptive_backward, grad_output, input_size, input_channels_last)
+    return launch(grad_output)
+
+
+def _adaptive_backward(grad_output, input_size, input_channels_last):
     op = "adaptive_avg_pool2d_backward"
     geom = adaptive_geometry(input_size, grad_output.shape[-2:])
     _check_grad_output(op, grad_output, input_size, geom)
-    return avg_pool2d_backward(grad_output, tuple(input_size), memory_format(input_channels_last), geom)
+    return AvgBackward(grad_output, tuple(input_size), memory_format(input_channels_last), geom)
 
 
 # ----------------------------------------------------------------------------- autograd
-# Each Function's forward is its op, its backward the backward op, and it is that op's
-# registered autograd formula too, so both paths are this one.
+# Each Function runs on a plan: eager calls apply it, and its backward is also its op's
+# registered autograd formula, so both routes run it. In eager mode the backward launches the
+# plan's kernels; otherwise (a tracer, a dispatch mode) the backward op, which torch sees;
+# when autograd records the backward, once differentiable.
 
 class MaxPool2dFunction(torch.autograd.Function):
 
     @staticmethod
-    def forward(input, kernel_size, stride, padding, dilation, ceil_mode, with_indices):
-        return torch.ops.convtri.max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, with_indices)
+    def forward(ctx, input, plan):
+        y, idx = plan.forward(input, True)
+        ctx.set_materialize_grads(False)  # no zeros made for the indices' (absent) gradient
+        ctx.mark_non_differentiable(idx)
+        ctx.save_for_backward(idx)
+        ctx.plan = plan
+        return y, idx
 
     @staticmethod
-    def setup_context(ctx, inputs, output):
-        input, *geometry, _ = inputs
-        ctx.mark_non_differentiable(output[1])
-        ctx.save_for_backward(output[1])
-        ctx.input = (input.shape, is_channels_last(input))
-        ctx.geometry = geometry
-
-    @staticmethod
-    @once_differentiable  # our backward is not itself differentiable: say so rather than return zeros
     def backward(ctx, dy, _):
-        (idx,) = ctx.saved_tensors
-        dx = torch.ops.convtri.max_pool2d_backward(dy, idx, *ctx.input, *ctx.geometry)
-        return dx, None, None, None, None, None, None
+        if dy is None:  # only the indices were used
+            return None, None
+        if plain_backward(dy):
+            return ctx.plan.backward(dy, *ctx.saved_tensors), None
+        return _max_other_backward(ctx, dy), None
 
 
 class AvgPool2dFunction(torch.autograd.Function):
+    """average pooling, fixed and adaptive windows"""
 
     @staticmethod
-    def forward(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
-        return torch.ops.convtri.avg_pool2d(input, kernel_size, stride, padding, ceil_mode, count_include_pad,
-                                            divisor_override)
+    def forward(ctx, input, plan):
+        ctx.plan = plan
+        return plan.forward(input)
 
     @staticmethod
-    def setup_context(ctx, inputs, output):
-        input, *geometry = inputs
-        ctx.input = (input.shape, is_channels_last(input))
-        ctx.geometry = geometry
-
-    @staticmethod
-    @once_differentiable
     def backward(ctx, dy):
-        return torch.ops.convtri.avg_pool2d_backward(dy, *ctx.input, *ctx.geometry), *[None] * len(ctx.geometry)
+        if plain_backward(dy):
+            return ctx.plan.backward(dy), None
+        return _avg_other_backward(ctx, dy), None
 
 
-class AdaptiveAvgPool2dFunction(torch.autograd.Function):
-
-    @staticmethod
-    def forward(input, output_size):
-        return torch.ops.convtri.adaptive_avg_pool2d(input, output_size)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.input = (inputs[0].shape, is_channels_last(inputs[0]))
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dy):
-        return torch.ops.convtri.adaptive_avg_pool2d_backward(dy, *ctx.input), None
+@other_backward
+def _max_other_backward(ctx, dy):
+    (idx,) = ctx.saved_tensors
+    plan = ctx.plan
+    if is_eager(dy, idx):
+        return plan.backward(dy, idx)
+    return torch.ops.convtri.max_pool2d_backward(dy, idx, list(plan.input_size), plan.channels_last, *plan.arguments)
 
 
-for _op, _function in ((_max_pool2d_op, MaxPool2dFunction), (_avg_pool2d_op, AvgPool2dFunction),
-                       (_adaptive_avg_pool2d_op, AdaptiveAvgPool2dFunction)):
-    _op.register_autograd(_function.backward, setup_context=_function.setup_context)
+@other_backward
+def _avg_other_backward(ctx, dy):
+    plan = ctx.plan
+    if is_eager(dy):
+        return plan.backward(dy)
+    if plan.geom.adaptive:
+        return torch.ops.convtri.adaptive_avg_pool2d_backward(dy, list(plan.input_size), plan.channels_last)
+    return torch.ops.convtri.avg_pool2d_backward(dy, list(plan.input_size), plan.channels_last, *plan.arguments)
+
+
+_max_apply, _avg_apply = eager_apply(MaxPool2dFunction), eager_apply(AvgPool2dFunction)
+
+
+def _max_setup(ctx, inputs, output):
+    input, *arguments, _ = inputs
+    ctx.mark_non_differentiable(output[1])
+    ctx.save_for_backward(output[1])
+    ctx.plan = _plan(_MAX_PLANS, _max_plan, input, *arguments)
+
+
+def _avg_setup(ctx, inputs, output):
+    ctx.plan = _plan(_AVG_PLANS, _avg_plan, *inputs)
+
+
+def _adaptive_setup(ctx, inputs, output):
+    ctx.plan = _plan(_ADAPTIVE_PLANS, _adaptive_plan, *inputs)
+
+
+def _op_backward(function, arguments):
+    """``function``'s backward as the formula of an op with ``arguments`` non-tensor arguments."""
+    return lambda ctx, *grads: (function.backward(ctx, *grads)[0], *[None] * arguments)
+
+
+_max_pool2d_op.register_autograd(_op_backward(MaxPool2dFunction, 6), setup_context=_max_setup)
+_avg_pool2d_op.register_autograd(_op_backward(AvgPool2dFunction, 6), setup_context=_avg_setup)
+_adaptive_avg_pool2d_op.register_autograd(_op_backward(AvgPool2dFunction, 1), setup_context=_adaptive_setup)
 
 
 # ----------------------------------------------------------------------------- public ops
@@ -239,31 +363,72 @@ for _op, _function in ((_max_pool2d_op, MaxPool2dFunction), (_avg_pool2d_op, Avg
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
     """``torch.nn.functional.max_pool2d`` on convtri's Triton kernels. With ``return_indices``
     also the int64 flat (h*W + w) index of each maximum, as torch's (max_unpool2d takes them)."""
+    if is_eager(input) and input.dim() == 4:
+        key = (tensor_key(input), exact(kernel_size), exact(stride), exact(padding), exact(dilation), bool(ceil_mode))
+        plan = _MAX_PLANS.get_or_build(key, _public_max_plan, input, kernel_size, stride, padding, dilation,
+                                       ceil_mode)
+        return plan(input, bool(return_indices))
     args = pool2d_args(kernel_size, stride, padding, dilation)
-    # indices are written only when returned or needed by backward
-    with_indices = bool(return_indices) or (torch.is_grad_enabled() and getattr(input, "requires_grad", False))
-    y, idx = _args.batched("max_pool2d", lambda x: torch.ops.convtri.max_pool2d(x, *args, bool(ceil_mode),
-                                                                                 with_indices), input)
+    if is_eager(input):  # unbatched (or invalid) input
+        op = lambda x: max_pool2d(x, *args, ceil_mode, True)
+    else:  # torch must see the op; indices are written only when returned or needed by backward
+        with_indices = bool(return_indices) or (torch.is_grad_enabled() and getattr(input, "requires_grad", False))
+        op = lambda x: torch.ops.convtri.max_pool2d(x, *args, bool(ceil_mode), with_indices)
+    y, idx = _args.batched("max_pool2d", op, input)
     return (y, idx) if return_indices else y
+
+
+def _public_max_plan(input, kernel_size, stride, padding, dilation, ceil_mode):
+    return _max_plan(input, *pool2d_args(kernel_size, stride, padding, dilation), bool(ceil_mode))
 
 
 def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
                divisor_override=None):
     """``torch.nn.functional.avg_pool2d`` on convtri's Triton kernels."""
+    if is_eager(input) and input.dim() == 4:
+        key = (tensor_key(input), exact(kernel_size), exact(stride), exact(padding), bool(ceil_mode),
+               bool(count_include_pad), exact(divisor_override))
+        plan = _AVG_PLANS.get_or_build(key, _public_avg_plan, input, kernel_size, stride, padding, ceil_mode,
+                                       count_include_pad, divisor_override)
+        return plan(input)
+    args = _public_avg_args(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+    if is_eager(input):  # unbatched (or invalid) input
+        op = lambda x: avg_pool2d(x, *args)
+    else:  # torch must see the op
+        op = lambda x: torch.ops.convtri.avg_pool2d(x, *args)
+    return _args.batched("avg_pool2d", op, input)
+
+
+def _public_avg_args(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
+    """torch's argument forms checked, as the custom op takes them."""
     if isinstance(input, torch.Tensor) and input.dim() < 3:  # torch raises IndexError here (it indexes dim -3)
         raise IndexError(f"avg_pool2d: expected input to be 3-D (C, H, W) or 4-D (N, C, H, W), got input of size "
                          f"{list(input.shape)}")
     kernel_size, stride, padding, _ = pool2d_args(kernel_size, stride, padding, 1)
     if divisor_override is not None and (not isinstance(divisor_override, int) or isinstance(divisor_override, bool)):
         raise TypeError(f"avg_pool2d: divisor_override must be an int or None, got {divisor_override!r}")
-    return _args.batched("avg_pool2d", lambda x: torch.ops.convtri.avg_pool2d(
-        x, kernel_size, stride, padding, bool(ceil_mode), bool(count_include_pad), divisor_override), input)
+    return kernel_size, stride, padding, bool(ceil_mode), bool(count_include_pad), divisor_override
+
+
+def _public_avg_plan(input, *arguments):
+    return _avg_plan(input, *_public_avg_args(input, *arguments))
 
 
 def adaptive_avg_pool2d(input, output_size):
     """``torch.nn.functional.adaptive_avg_pool2d`` on convtri's Triton kernels; output_size 1
     is global average pooling."""
+    if is_eager(input) and input.dim() == 4:
+        plan = _ADAPTIVE_PLANS.get_or_build((tensor_key(input), exact(output_size)), _public_adaptive_plan, input,
+                                            output_size)
+        return plan(input)
     _args.check_tensor(input, "input")
     output_size = adaptive_output_size(output_size, input.shape[-2:])
-    return _args.batched("adaptive_avg_pool2d",
-                         lambda x: torch.ops.convtri.adaptive_avg_pool2d(x, output_size), input)
+    if is_eager(input):  # unbatched (or invalid) input
+        op = lambda x: adaptive_avg_pool2d(x, output_size)
+    else:  # torch must see the op
+        op = lambda x: torch.ops.convtri.adaptive_avg_pool2d(x, output_size)
+    return _args.batched("adaptive_avg_pool2d", op, input)
+
+
+def _public_adaptive_plan(input, output_size):
+    return _adaptive_plan(input, adaptive_output_size(output_size, input.shape[-2:]))

@@ -1,10 +1,15 @@
-"""Launchers of the pooling kernels: each allocates its outputs, computes the grid, and launches."""
+"""The pooling kernels' launches for one call signature: built once, called with tensors.
+
+Each class takes a first call's tensors, from which it reads sizes, strides, dtype and
+device only, and fixes every argument of its launch; calling it allocates the output and
+launches (convtri/pool2d.py builds the ops' plans from them).
+"""
 from dataclasses import dataclass
 
 import torch
 import triton
 
-from convtri._launch import (INTERPRETER_CHANNELS, INTERPRETER_TILE_NUMEL, block, empty, is_interpreted, launch,
+from convtri._launch import (INTERPRETER_CHANNELS, INTERPRETER_TILE_NUMEL, Launch, Output, block, is_interpreted,
                              suggest_memory_format)
 from convtri.kernels import pool2d as kernels
 
@@ -47,13 +52,14 @@ def pooling_output_size(size, kernel, stride, pad, dilation, ceil_mode):
     return out
 
 
-def _tile(t, rows, channels):
-    """Blocks of a [pixels, channels] tile over ``rows`` pixels of ``t``, whose layout decides
-    the shape on CUDA: channels_last tiles run along contiguous channels, NCHW tiles along pixels."""
+def _tile(t, rows, channels, channel_stride):
+    """Blocks of a [pixels, channels] tile over ``rows`` pixels, whose layout (the stride of
+    its channels) decides the shape on CUDA: channels_last tiles run along contiguous
+    channels, NCHW tiles along pixels. ``t`` tells the device and element size."""
     if is_interpreted(t):
         block_c = block(channels, INTERPRETER_CHANNELS)
         return dict(BLOCK_P=block(rows, INTERPRETER_TILE_NUMEL // block_c), BLOCK_C=block_c)
-    block_c = block(channels, kernels.CUDA_CHANNELS) if t.stride(1) == 1 else 1
+    block_c = block(channels, kernels.CUDA_CHANNELS) if channel_stride == 1 else 1
     tile_numel = kernels.cuda_tile_numel(t.element_size())
     block_p = block(rows, tile_numel // block_c)
     block_c = block(channels, tile_numel // block_p)  # few pixels: widen over channels
@@ -64,44 +70,53 @@ def _grid(rows, channels):
     return lambda meta: (triton.cdiv(rows, meta["BLOCK_P"]), triton.cdiv(channels, meta["BLOCK_C"]))
 
 
-def max_pool2d_forward(x, geom, with_indices):
-    """(y, indices) of max pooling for 4-D x, in x's memory format; indices is None unless
-    ``with_indices``."""
-    n, c, h, w = x.shape
-    oh, ow = geom.output_size
-    fmt = suggest_memory_format(x)
-    y = empty((n, c, oh, ow), fmt, x)
-    idx = empty((n, c, oh, ow), fmt, x, torch.int64) if with_indices else None
-    if y.numel() == 0:
+class MaxForward:
+    """(y, indices) of max pooling for 4-D x, in x's memory format; the int64 indices only
+    ``with_indices`` (else None)."""
+
+    def __init__(self, x, geom, with_indices):
+        n, c, h, w = x.shape
+        oh, ow = geom.output_size
+        fmt = suggest_memory_format(x)
+        self.y = Output((n, c, oh, ow), fmt, x)
+        self.idx = Output((n, c, oh, ow), fmt, x, torch.int64) if with_indices else None
+        rows = n * oh * ow
+        # One program: a BLOCK_P (output pixels) x BLOCK_C (channels) tile of y and of the indices.
+        self.launch = None if self.y.empty else Launch(
+            kernels.max_pool2d_fwd_kernel, _grid(rows, c),
+            (n, c, h, w, oh, ow, *x.stride(), *self.y.stride, *(self.idx or self.y).stride,
+             *geom.kernel_size, *geom.stride, *geom.padding, *geom.dilation),
+            _tile(x, rows, c, x.stride(1)), WITH_INDICES=with_indices)
+
+    def __call__(self, x):
+        y = self.y()
+        idx = self.idx() if self.idx is not None else None
+        if self.launch is not None:
+            self.launch(x, y, idx if idx is not None else y)
         return y, idx
-    rows = n * oh * ow
-    # One program: a BLOCK_P (output pixels) x BLOCK_C (channels) tile of y and of the indices.
-    launch(kernels.max_pool2d_fwd_kernel, _grid(rows, c),
-           x, y, idx if with_indices else y,
-           n, c, h, w, oh, ow,
-           *x.stride(), *y.stride(), *(idx if with_indices else y).stride(),
-           *geom.kernel_size, *geom.stride, *geom.padding, *geom.dilation,
-           tensor=x, blocks=_tile(x, rows, c), WITH_INDICES=with_indices)
-    return y, idx
 
 
-def max_pool2d_backward(dy, idx, x_shape, x_format, geom):
+class MaxBackward:
     """dx of max pooling: dy routed to the input pixels that the saved indices name."""
-    n, c, h, w = x_shape
-    oh, ow = geom.output_size
-    dx = empty(x_shape, x_format, dy)
-    if dx.numel() == 0:
+
+    def __init__(self, dy, idx, x_shape, x_format, geom):
+        n, c, h, w = x_shape
+        oh, ow = geom.output_size
+        self.dx = Output(x_shape, x_format, dy)
+        rows = n * h * w
+        # One program: a BLOCK_P (input pixels) x BLOCK_C (channels) tile of dx, gathered from the
+        # windows that cover each pixel and chose it.
+        self.launch = None if self.dx.empty else Launch(
+            kernels.max_pool2d_bwd_kernel, _grid(rows, c),
+            (n, c, h, w, oh, ow, *dy.stride(), *idx.stride(), *self.dx.stride,
+             *geom.kernel_size, *geom.stride, *geom.padding, *geom.dilation),
+            _tile(dy, rows, c, self.dx.stride[1]))
+
+    def __call__(self, dy, idx):
+        dx = self.dx()
+        if self.launch is not None:
+            self.launch(dy, idx, dx)
         return dx
-    rows = n * h * w
-    # One program: a BLOCK_P (input pixels) x BLOCK_C (channels) tile of dx, gathered from the
-    # windows that cover each pixel and chose it.
-    launch(kernels.max_pool2d_bwd_kernel, _grid(rows, c),
-           dy, idx, dx,
-           n, c, h, w, oh, ow,
-           *dy.stride(), *idx.stride(), *dx.stride(),
-           *geom.kernel_size, *geom.stride, *geom.padding, *geom.dilation,
-           tensor=dy, blocks=_tile(dx, rows, c))
-    return dx
 
 
 def _avg_params(geom):
@@ -112,36 +127,51 @@ def _avg_params(geom):
     return params, flags
 
 
-def avg_pool2d_forward(x, geom):
+class AvgForward:
     """y of average pooling (fixed or adaptive windows) for 4-D x, in x's memory format."""
-    n, c, h, w = x.shape
-    oh, ow = geom.output_size
-    y = empty((n, c, oh, ow), suggest_memory_format(x), x)
-    if y.numel() == 0:
+
+    def __init__(self, x, geom):
+        n, c, h, w = x.shape
+        oh, ow = geom.output_size
+        self.y = Output((n, c, oh, ow), suggest_memory_format(x), x)
+        self.launch = None
+        if not self.y.empty:
+            rows = n * oh * ow
+            params, flags = _avg_params(geom)
+            # One program: a BLOCK_P (output pixels) x BLOCK_C (channels) tile of y.
+            self.launch = Launch(kernels.avg_pool2d_fwd_kernel, _grid(rows, c),
+                                 (n, c, h, w, oh, ow, *x.stride(), *self.y.stride, *params),
+                                 _tile(x, rows, c, x.stride(1)), **flags)
+
+    def __call__(self, x):
+        y = self.y()
+        if self.launch is not None:
+            self.launch(x, y)
         return y
-    rows = n * oh * ow
-    params, flags = _avg_params(geom)
-    # One program: a BLOCK_P (output pixels) x BLOCK_C (channels) tile of y.
-    launch(kernels.avg_pool2d_fwd_kernel, _grid(rows, c),
-           x, y, n, c, h, w, oh, ow, *x.stride(), *y.stride(), *params,
-           tensor=x, blocks=_tile(x, rows, c), **flags)
-    return y
 
 
-def avg_pool2d_backward(dy, x_shape, x_format, geom):
+class AvgBackward:
     """dx of average pooling (fixed or adaptive windows), with forward's divisor rule."""
-    n, c, h, w = x_shape
-    oh, ow = geom.output_size
-    if oh * ow == 0:  # no window: nothing flows back
-        return empty(x_shape, x_format, dy).zero_()
-    dx = empty(x_shape, x_format, dy)
-    if dx.numel() == 0:
+
+    def __init__(self, dy, x_shape, x_format, geom):
+        n, c, h, w = x_shape
+        oh, ow = geom.output_size
+        self.dx = Output(x_shape, x_format, dy)
+        self.no_window = oh * ow == 0  # nothing flows back
+        self.launch = None
+        if not (self.dx.empty or self.no_window):
+            rows = n * h * w
+            params, flags = _avg_params(geom)
+            # One program: a BLOCK_P (input pixels) x BLOCK_C (channels) tile of dx, gathered from the
+            # windows that cover each pixel.
+            self.launch = Launch(kernels.avg_pool2d_bwd_kernel, _grid(rows, c),
+                                 (n, c, h, w, oh, ow, *dy.stride(), *self.dx.stride, *params, *geom.cover_bound()),
+                                 _tile(dy, rows, c, self.dx.stride[1]), **flags)
+
+    def __call__(self, dy):
+        dx = self.dx()
+        if self.no_window:
+            return dx.zero_()
+        if self.launch is not None:
+            self.launch(dy, dx)
         return dx
-    rows = n * h * w
-    params, flags = _avg_params(geom)
-    # One program: a BLOCK_P (input pixels) x BLOCK_C (channels) tile of dx, gathered from the
-    # windows that cover each pixel.
-    launch(kernels.avg_pool2d_bwd_kernel, _grid(rows, c),
-           dy, dx, n, c, h, w, oh, ow, *dy.stride(), *dx.stride(), *params, *geom.cover_bound(),
-           tensor=dy, blocks=_tile(dx, rows, c), **flags)
-    return dx

@@ -273,12 +273,14 @@ def conv2d_dgrad_kernel(
 
 @triton.jit
 def conv2d_wgrad_kernel(
-    x_ptr, dy_ptr, dw_part_ptr, db_part_ptr,
+    x_ptr, dy_ptr, dw_ptr, db_ptr,
     # sizes
     N, C, H, W, K, P, Q, R, S, GROUPS, SPLIT,
-    # strides
+    # strides (dw and db: per slice of the reduction first)
     stride_xn, stride_xc, stride_xh, stride_xw,
     stride_dyn, stride_dyk, stride_dyp, stride_dyq,
+    stride_dw_split, stride_dwk, stride_dwc, stride_dwr, stride_dws,
+    stride_db_split, stride_db,
     # conv parameters
     conv_stride_h, conv_stride_w, pad_h, pad_w, dil_h, dil_w,
     # flags
@@ -286,10 +288,10 @@ def conv2d_wgrad_kernel(
     PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """Partial weight and/or bias gradients over one of SPLIT slices of the N*P*Q reduction.
+    """Weight and/or bias gradients over one of SPLIT slices of the N*P*Q reduction.
 
-    dw_part[split, k, c, r, s] = sum_{(n, p, q) in slice} dy[n, k, p, q] * x[n, c, h(p, r), w(q, s)]
-    db_part[split, k] = sum_{(n, p, q) in slice} dy[n, k, p, q]  (BIAS_GRAD only)
+    dw[split, k, c, r, s] = sum_{(n, p, q) in slice} dy[n, k, p, q] * x[n, c, h(p, r), w(q, s)]
+    db[split, k] = sum_{(n, p, q) in slice} dy[n, k, p, q]  (BIAS_GRAD only)
     GEMM per (group, r, s): M = K/GROUPS, N = C/GROUPS, reduced over the slice; with FLAT_TAPS
     (few channels) one GEMM per group whose N axis runs over (r, s, c), c fastest.
     One program computes a BLOCK_M x BLOCK_N tile for one (r, s, slice, group); the programs
@@ -297,8 +299,9 @@ def conv2d_wgrad_kernel(
     Grid: (cdiv(K/GROUPS, BLOCK_M) * cdiv(C/GROUPS, BLOCK_N) * R*S, SPLIT, GROUPS), with FLAT_TAPS
     (cdiv(K/GROUPS, BLOCK_M) * cdiv(R*S*C/GROUPS, BLOCK_N), SPLIT, GROUPS), and
     (cdiv(K/GROUPS, BLOCK_M), SPLIT, GROUPS) for the bias alone (not WEIGHT_GRAD).
-    x: (N, C, H, W), dy: (N, K, P, Q), dw_part: (SPLIT, K, C/GROUPS, R, S) contiguous fp32
-    (fp64 for fp64), db_part: (SPLIT, K) likewise. ``conv2d_sum_splits_kernel`` finishes them.
+    x: (N, C, H, W), dy: (N, K, P, Q), dw: (SPLIT, K, C/GROUPS, R, S), db: (SPLIT, K). With
+    SPLIT = 1 they are the gradients themselves (split stride 0, any layout and dtype); else
+    fp32 partials (fp64 for fp64) that ``conv2d_sum_splits_kernel`` finishes.
     """
     C_G = C // GROUPS
     K_G = K // GROUPS
@@ -365,13 +368,14 @@ def conv2d_wgrad_kernel(
             db_acc += tl.sum(a.to(ACC_TYPE), axis=1)
 
     if WEIGHT_GRAD:
-        # dw_part is contiguous (SPLIT, K, C_G, R, S)
-        part = dw_part_ptr + split.to(tl.int64) * K * C_G * R * S
-        ptrs = part + (k_abs.to(tl.int64)[:, None] * C_G + offs_c[None, :]) * (R * S) + col_rs[None, :]
-        tl.store(ptrs, acc, mask=k_ok[:, None] & col_ok[None, :])
+        dw_slice = dw_ptr + split.to(tl.int64) * stride_dw_split
+        col_off = offs_c * stride_dwc + (col_rs // S) * stride_dwr + (col_rs % S) * stride_dws
+        ptrs = dw_slice + k_abs.to(tl.int64)[:, None] * stride_dwk + col_off[None, :]
+        tl.store(ptrs, acc.to(dw_ptr.dtype.element_ty), mask=k_ok[:, None] & col_ok[None, :])
     if BIAS_GRAD:
         if (pid_n == 0) & (rs == 0):  # one program per output-channel tile writes the bias
-            tl.store(db_part_ptr + split * K + k_abs, db_acc, mask=k_ok)
+            db_ptrs = db_ptr + split.to(tl.int64) * stride_db_split + k_abs * stride_db
+            tl.store(db_ptrs, db_acc.to(db_ptr.dtype.element_ty), mask=k_ok)
 
 
 @triton.jit

@@ -30,7 +30,7 @@ CONV_CONFIGS = {
     conv_kernels.conv2d_wgrad_kernel: conv_kernels.conv2d_wgrad_configs,
 }
 TENSOR_ARGS = ("x_ptr", "w_ptr", "b_ptr", "y_ptr", "dy_ptr", "dx_ptr")
-PARTIAL_ARGS = ("dw_part_ptr", "db_part_ptr")
+PARTIAL_ARGS = ("dw_ptr", "db_ptr")  # fp32 partials of a split reduction
 
 
 # Two layout classes, as Triton specialises them at run time: channels_last with C % 16 == 0

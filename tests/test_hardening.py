@@ -6,7 +6,6 @@ import torch.nn.functional as F
 
 import convtri
 import convtri.conv_launch
-import convtri.pool_launch
 from convtri._launch import MAX_INT32, MAX_PIXELS
 import parity
 from tolerances import assert_close
@@ -149,7 +148,7 @@ def test_bitwise_repeatable(name, deterministic, device):
         assert torch.equal(a, b) and not a.isnan().any()
 
 
-def test_wgrad_split_reduction(monkeypatch, deterministic):
+def test_wgrad_split_reduction(monkeypatch, deterministic, fresh_plans):
     """On CPU the N*P*Q reduction of the weight gradient is one slice; force several, as on a
     GPU: correct, and bitwise repeatable through the fixed-order second stage."""
     monkeypatch.setattr(convtri.conv_launch, "_wgrad_splits", lambda x, rows, weight_numel: 5)
@@ -316,15 +315,10 @@ def layouts(x):
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "view"])
 @pytest.mark.parametrize("name", OP_NAMES)
-def test_no_hidden_copies(name, layout, monkeypatch):
+def test_no_hidden_copies(name, layout, monkeypatch, launches):
     """The kernels read the caller's tensors where they lie: the input (and dy) reach a kernel
     with their own data pointer and strides, and no op calls .contiguous() or .clone()."""
-    launched, copies = [], []
-    for module in (convtri.conv_launch, convtri.pool_launch):
-        launch = module.launch
-        monkeypatch.setattr(module, "launch", lambda kernel, grid, *args, _launch=launch, **kw: (
-            launched.append({(a.data_ptr(), a.stride()) for a in args if isinstance(a, torch.Tensor)}),
-            _launch(kernel, grid, *args, **kw))[1])
+    copies = []
     for method in ("contiguous", "clone"):
         original = getattr(torch.Tensor, method)
         monkeypatch.setattr(torch.Tensor, method, lambda self, *a, _m=method, _o=original, **k: (
@@ -333,11 +327,11 @@ def test_no_hidden_copies(name, layout, monkeypatch):
     x = layouts(tensors[0])[layout]
     leaves = [x.requires_grad_()] + [t.requires_grad_() for t in tensors[1:]]
     dy = layouts(torch.randn(ours(*tensors, **kwargs).shape, dtype=x.dtype))[layout]
-    launched.clear()
+    launches.clear()
     copies.clear()
     ours(*leaves, **kwargs).backward(dy)
     assert not copies
-    read = set().union(*launched)
+    read = {(a.data_ptr, a.stride) for _, tensors in launches for a in tensors}
     assert (x.data_ptr(), x.stride()) in read and (dy.data_ptr(), dy.stride()) in read
 
 
