@@ -62,9 +62,10 @@ def eager_apply(function):
     return super(torch.autograd.Function, function).apply
 
 
-def records_grad(*tensors):
-    """Whether autograd records a call on ``tensors`` (``None`` skipped)."""
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+def records_grad(input, weight=None, bias=None):
+    """Whether autograd records a call on these tensors (``None`` skipped)."""
+    return torch.is_grad_enabled() and (input.requires_grad or (weight is not None and weight.requires_grad)
+                                        or (bias is not None and bias.requires_grad))
 
 
 def exact(value):
