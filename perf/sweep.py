@@ -120,6 +120,29 @@ def bench(fn, device, args):
     return tuple(float(t) for t in np.percentile(times, [50, 20, 80]))
 
 
+def capture_graph(build, warmup=3):
+    """A CUDA graph of one call of ``build()``'s callable, and that callable.
+
+    The callable is built and warmed up (cuDNN's benchmark, Triton's autotuner and the
+    allocator settle: none of them may run inside a capture) on a side stream, which the
+    capture then uses: a backward captured there runs on the stream of its forward, so the
+    forward of a saved output must run on it too. Replay with ``graph.replay()``; keep the
+    callable alive as long as the graph (it holds the graph's inputs).
+    """
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn = build()
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=stream):
+        fn()
+    torch.cuda.synchronize()
+    return graph, fn
+
+
 def rel_error(ours, ref):
     """The largest relative L2 error over the outputs (y, or the gradients)."""
     worst = 0.0
@@ -287,17 +310,19 @@ def _short(e):
 
 
 class CsvWriter:
-    """The sweep's CSV, written row by row and flushed, so that a run cut short (a GPU lease
-    ending, a crash) keeps every point measured so far."""
+    """A CSV (the sweep's, or another perf script's ``columns``), written row by row and
+    flushed, so that a run cut short (a GPU lease ending, a crash) keeps every row so far."""
 
-    def __init__(self, path):
+    def __init__(self, path, columns=COLUMNS):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self.columns = columns
         self.file = open(path, "w", newline="")
-        self.writer = csv.DictWriter(self.file, fieldnames=COLUMNS)
+        self.writer = csv.DictWriter(self.file, fieldnames=columns)
         self.writer.writeheader()
+        self.file.flush()
 
     def __call__(self, row):
-        self.writer.writerow({k: _cell(row[k]) for k in COLUMNS})
+        self.writer.writerow({k: _cell(row.get(k)) for k in self.columns})
         self.file.flush()
 
     def __enter__(self):
