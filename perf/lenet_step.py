@@ -93,24 +93,13 @@ NEEDS_CUDA = {"ours-graph"}
 
 # ----------------------------------------------------------------------------- timing
 
-def _run(step, steps, cuda):
-    if cuda:
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if cuda:
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
-
-
 def time_steps(step, batch, cuda, smoke):
     """(median examples/s, median step ms, fastest step ms, samples, steps per sample)."""
-    _run(step, WARMUP_STEPS[smoke], cuda)
+    sweep.wall_seconds(step, WARMUP_STEPS[smoke], cuda)
     steps = 1
     if TARGET_SAMPLE_S[smoke]:
-        steps = max(1, math.ceil(TARGET_SAMPLE_S[smoke] / max(_run(step, 1, cuda), 1e-6)))
-    per_step = [_run(step, steps, cuda) / steps for _ in range(SAMPLES[smoke])]
+        steps = max(1, math.ceil(TARGET_SAMPLE_S[smoke] / max(sweep.wall_seconds(step, 1, cuda), 1e-6)))
+    per_step = [sweep.wall_seconds(step, steps, cuda) / steps for _ in range(SAMPLES[smoke])]
     return (statistics.median(batch / t for t in per_step), statistics.median(per_step) * 1e3,
             min(per_step) * 1e3, len(per_step), steps)
 
@@ -167,10 +156,7 @@ def main(argv=None):
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     p.add_argument("--batch", type=int, help=f"default {BATCH} ({SMOKE_BATCH} with --smoke)")
     args = p.parse_args(argv)
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.device == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda: no CUDA GPU available")
+    args.device = sweep.resolve_device(p, args.device)
     command = " ".join(["python", "perf/lenet_step.py", *argv])
     with sweep.CsvWriter(args.out, COLUMNS) as sink:
         rows = measure(args.device, args.smoke, args.modes, args.variants, args.batch, sink, command=command)

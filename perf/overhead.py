@@ -81,14 +81,7 @@ def make_call(op, pass_, lib, device):
 
 def sample_us(fn, number, cuda):
     """Microseconds per call over ``number`` back-to-back calls."""
-    if cuda:
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(number):
-        fn()
-    if cuda:
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / number * 1e6
+    return sweep.wall_seconds(fn, number, cuda) / number * 1e6
 
 
 def calls_per_sample(fn, cuda, smoke):
@@ -219,10 +212,7 @@ def main(argv=None):
     p.add_argument("--out", default="overhead.csv", help="the CSV (default: overhead.csv)")
     p.add_argument("--smoke", action="store_true", help="a few calls per sample: checks the script, measures little")
     args = p.parse_args(argv)
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.device == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda: no CUDA GPU available")
+    args.device = sweep.resolve_device(p, args.device)
     command = " ".join(["python", "perf/overhead.py", *argv])
     with sweep.CsvWriter(args.out, COLUMNS) as sink:
         rows = measure(args.device, args.smoke, sink, command=command)

@@ -143,6 +143,19 @@ def capture_graph(build, warmup=3):
     return graph, fn
 
 
+def wall_seconds(fn, calls, cuda):
+    """Seconds for ``calls`` back-to-back calls of fn, synchronised before and after on CUDA:
+    the steady state of a loop of calls, whichever of host and device is the slower."""
+    if cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    if cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
 def rel_error(ours, ref):
     """The largest relative L2 error over the outputs (y, or the gradients)."""
     worst = 0.0
@@ -409,8 +422,7 @@ def parse_args(argv):
     p.add_argument("--cpu-repeats", type=int, default=3, help="timed calls per point on CPU, after one warm-up")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    args.device = resolve_device(p, args.device)
     if args.suite is None:
         args.suite = "all" if args.device == "cuda" else "smoke"
     if args.graph is None:
@@ -421,9 +433,16 @@ def parse_args(argv):
     if args.device == "cpu" and args.suite != "smoke" and not args.list:
         p.error(f"--suite {args.suite} needs a CUDA GPU: on CPU our kernels run through Triton's "
                 f"interpreter, which measures nothing; use --suite smoke")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda: no CUDA GPU available")
     return args
+
+
+def resolve_device(parser, device):
+    """--device auto, cpu or cuda as the device to run on; cuda without a GPU is a usage error."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA GPU available")
+    return device
 
 
 def _flat(lists):
