@@ -3,8 +3,8 @@
     python perf/lenet_step.py [--device cpu|cuda] [--out CSV] [--smoke] [--modes M ...] [--variants V ...]
 
 A step is the chapter's: a batch of 256 1x28x28 images, cross-entropy, backward, plain SGD,
-in fp32 (TF32 where torch's default allows it), on one fixed random batch already on the
-device. Both LeNet variants (d2l: sigmoid and average pooling; modern: ReLU and max pooling)
+in fp32 with torch's default TF32 settings (convolutions yes, matmuls no) and
+cudnn.benchmark on, on one fixed random batch already on the device. Both LeNet variants (d2l: sigmoid and average pooling; modern: ReLU and max pooling)
 run in every mode of ``MODES``, a table of named step builders: a new mode is one entry.
 
 Timer: after ``WARMUP_STEPS`` steps (compilation, autotuning and cuDNN's benchmark happen
@@ -109,6 +109,8 @@ def measure(device="cpu", smoke=False, modes=None, variants=VARIANTS, batch=None
     """Rows of (variant, mode) with examples/s; ``sink(row)`` gets each as it is measured.
     ``deadline`` (time.time()) stops between measurements."""
     batch = batch or (SMOKE_BATCH if smoke else BATCH)
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = True, False  # torch's defaults
     env = sweep.environment(device, command)
     env = dict(env, run="gpu" if device == "cuda" else "cpu" + (" smoke: not a measurement" if smoke else ""))
     rows, eager = [], {}

@@ -14,6 +14,8 @@ torch.profiler's CUDA kernel events. Host overhead per call is eager minus graph
 Shapes are LeNet's at batch 256 (d2l's chapter): conv2d is C3 (6 -> 16, 5x5 on 14x14),
 conv_transpose2d its transpose, and the pools take C3's 16x10x10 output to 5x5.
 
+cuDNN runs with cudnn.benchmark on (a first call per shape picks the algorithm, before timing).
+
 Timer: each sample times ``number`` calls (chosen so that a sample lasts about
 ``TARGET_SAMPLE_S``); ``us`` is the minimum over the samples, the least disturbed by other
 processes, and ``us_median`` their median. convtri's and torch's samples alternate.
@@ -134,6 +136,7 @@ def measure(device="cpu", smoke=False, sink=None, deadline=None, ops=None, modes
     as it is measured. device "cpu" times meta tensors; "cuda" times eager calls, graph
     replays and counts launches. ``deadline`` (time.time()) stops between measurements."""
     modes = modes or MODES[device]
+    torch.backends.cudnn.benchmark = True
     run = RUN_LABEL[device] + (", smoke: too few calls to measure" if smoke else "")
     env = dict(sweep.environment("cuda" if device == "cuda" else "cpu", command), run=run)
     rows = []

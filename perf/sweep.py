@@ -232,16 +232,20 @@ class Sweep:
         self.baselines = {}  # (shape, op, dtype) -> (layout, timing, graph timing) of the better baseline layout
         self.rows = []
 
-    def run(self, members):
+    def points(self, members):
+        """The (suite, shape, op, dtype, layout) points the sweep runs, in order."""
         for suite, shape in members:
             for dtype in self.args.dtypes:
                 for op in self.ops(shape):
                     for layout in self.args.layouts:
-                        if not shapes.selected(suite, shape, op, dtype, layout):
-                            continue
-                        if self.should_stop():
-                            return self.rows
-                        self.point(suite, shape, op, dtype, layout)
+                        if shapes.selected(suite, shape, op, dtype, layout):
+                            yield suite, shape, op, dtype, layout
+
+    def run(self, members):
+        for point in self.points(members):
+            if self.should_stop():
+                break
+            self.point(*point)
         return self.rows
 
     def ops(self, shape):
@@ -265,7 +269,7 @@ class Sweep:
         base_layout, base_time, base_graph = self.baseline(shape, op, dtype, case, layout, ref_fn)
         self.emit(base, shape, case, provider=base["baseline"], timing=base_time, impl_layout=base_layout,
                   speedup=1.0, err=0.0, tol=tol, ok=True, note=base_graph[1], graph=base_graph[0],
-                  speedup_graph=1.0)
+                  speedup_graph=1.0 if math.isfinite(base_graph[0][0]) else math.nan)
         providers = [("convtri", lambda: case.forward(convtri))]
         if self.args.compile_baseline:
             providers.append(("torch-compile", lambda: _compiled(case.forward(F))))
