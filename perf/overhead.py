@@ -16,12 +16,11 @@ conv_transpose2d its transpose, and the pools take C3's 16x10x10 output to 5x5.
 
 cuDNN runs with cudnn.benchmark on (a first call per shape picks the algorithm, before timing).
 
-Timer: each sample times ``number`` calls (chosen so that a sample lasts about
-``TARGET_SAMPLE_S``); ``us`` is the minimum over the samples, the least disturbed by other
-processes, and ``us_median`` their median. convtri's and torch's samples alternate.
+Timer: each sample times back-to-back calls, as many as fill ``SAMPLING``'s seconds per
+sample; ``us`` is the minimum over the samples, the least disturbed by other processes, and
+``us_median`` their median. convtri's and torch's samples alternate.
 """
 import argparse
-import csv
 import math
 import os
 import statistics
@@ -49,8 +48,9 @@ PASSES = ("fwd", "bwd", "fwdbwd")
 PROVIDERS = {"convtri": convtri, "torch": F}
 MODES = {"cpu": ("meta",), "cuda": ("eager", "graph")}
 
-TARGET_SAMPLE_S = {False: 0.05, True: 0.002}  # seconds one sample lasts (normal, --smoke)
-SAMPLES = {False: 7, True: 2}
+# (seconds one sample lasts, samples) per mode; --smoke: (0.002, 2)
+SAMPLING = {"meta": (0.05, 7), "eager": (0.03, 5), "graph": (0.03, 5)}
+SMOKE_SAMPLING = (0.002, 2)
 PROFILED_CALLS = 5  # calls under torch.profiler when counting launches
 MEMORY_OPS = ("Memcpy", "Memset")  # CUDA device events that are not kernels
 
@@ -86,18 +86,20 @@ def sample_us(fn, number, cuda):
     return sweep.wall_seconds(fn, number, cuda) / number * 1e6
 
 
-def calls_per_sample(fn, cuda, smoke):
-    """Enough calls for one sample to last TARGET_SAMPLE_S (after a warm-up call)."""
+def calls_per_sample(fn, cuda, seconds):
+    """Enough calls for one sample to last ``seconds`` (after a warm-up call)."""
     fn()
     one = max(sample_us(fn, 1, cuda), 1.0)
-    return max(1, int(TARGET_SAMPLE_S[smoke] * 1e6 / one))
+    return max(1, int(seconds * 1e6 / one))
 
 
-def time_interleaved(fns, cuda, smoke):
-    """{name: (min, median, calls per sample)} with the samples of every fn alternating."""
-    numbers = {name: calls_per_sample(fn, cuda, smoke) for name, fn in fns.items()}
+def time_interleaved(fns, cuda, sampling):
+    """{name: (min, median, calls per sample)} with the samples of every fn alternating;
+    ``sampling`` is (seconds per sample, samples)."""
+    seconds, count = sampling
+    numbers = {name: calls_per_sample(fn, cuda, seconds) for name, fn in fns.items()}
     samples = {name: [] for name in fns}
-    for _ in range(SAMPLES[smoke]):
+    for _ in range(count):
         for name, fn in fns.items():
             samples[name].append(sample_us(fn, numbers[name], cuda))
     return {name: (min(s), statistics.median(s), numbers[name]) for name, s in samples.items()}
@@ -165,9 +167,9 @@ def _measure_one(op, pass_, mode, smoke, env, sink):
                     launches[provider] = count_launches(fns[provider])
         except Exception as e:  # a failure is a row
             notes[provider] = f"failed: {sweep._short(e)}"
-    timings = {}
+    timings, sampling = {}, SMOKE_SAMPLING if smoke else SAMPLING[mode]
     try:
-        timings = time_interleaved(fns, cuda, smoke)
+        timings = time_interleaved(fns, cuda, sampling)
     except Exception as e:
         notes = {p: f"failed: {sweep._short(e)}" for p in PROVIDERS}
     rows = []
@@ -176,7 +178,7 @@ def _measure_one(op, pass_, mode, smoke, env, sink):
         us, med, number = timings.get(provider, (math.nan, math.nan, 0))
         kernels, memops = launches.get(provider, (math.nan, math.nan))
         row = dict(base, provider=provider, us=us, us_median=med, ratio=us / torch_us, launches=kernels,
-                   memops=memops, calls=number, samples=SAMPLES[smoke] if number else 0, note=notes.get(provider, ""))
+                   memops=memops, calls=number, samples=sampling[1] if number else 0, note=notes.get(provider, ""))
         rows.append(row)
         if sink:
             sink(row)

@@ -14,15 +14,17 @@ import csv
 import json
 
 # (test file, test function) whose cases on the session's device are selected, by priority.
+# Pooling first: no autotuning, so its cases take a second each, where a convolution's first
+# case per dtype compiles and times every autotune config.
 PARITY = [
     # forward and every gradient in fp32, fp16 and bf16 (NCHW)
+    ("test_pool2d.py", "test_parity_low_precision"),
     ("test_conv2d.py", "test_parity_low_precision"),
     ("test_conv_transpose2d.py", "test_parity_low_precision"),
-    ("test_pool2d.py", "test_parity_low_precision"),
     # channels_last in, channels_last out, forward and gradients (float64)
+    ("test_pool2d.py", "test_channels_last"),
     ("test_conv2d.py", "test_channels_last"),
     ("test_conv_transpose2d.py", "test_memory_formats_follow_torch"),
-    ("test_pool2d.py", "test_channels_last"),
 ]
 FLOAT64 = [("test_conv2d.py", "test_parity_float64"), ("test_conv_transpose2d.py", "test_parity_float64"),
            ("test_pool2d.py", "test_parity_float64")]

@@ -149,8 +149,9 @@ def test_full_selection_on_cuda():
     """Parity cases on CUDA first (low precision, then channels_last), then gpu-marked tests,
     then float64 parity; CPU cases and the rest are not selected."""
     rank = lambda item: pytest_stream.rank(item, "full", "cuda")
-    assert rank(_item("test_conv2d.py", "test_parity_low_precision", "cuda")) == 0
-    assert rank(_item("test_pool2d.py", "test_channels_last", "cuda")) == 5
+    assert rank(_item("test_pool2d.py", "test_parity_low_precision", "cuda")) == 0
+    assert rank(_item("test_conv2d.py", "test_parity_low_precision", "cuda")) == 1
+    assert rank(_item("test_conv_transpose2d.py", "test_memory_formats_follow_torch", "cuda")) == 5
     assert rank(_item("test_hardening.py", "test_second_gpu", gpu=True)) == 6
     assert rank(_item("test_conv2d.py", "test_parity_float64", "cuda")) == 7
     assert rank(_item("test_conv2d.py", "test_parity_low_precision", "cpu")) is None
