@@ -607,7 +607,7 @@ def _quick_lines(rows):
     base = [r for r in rows if r["provider"] == r["baseline"]]
     lines = [f"quick suite: convtri over {'/'.join(sorted({r['baseline'] for r in rows}))}, geomean over points "
              f"({len(ours)} measured, {sum(r['ok'] != 'True' for r in ours)} failed or wrong, excluded)",
-             f"  {'kind op dtype':<24}{'n':>4}{'eager':>9}{'graph':>9}{'host us: ours':>15}{'base':>6}"]
+             f"  {'kind op dtype':<24}{'n':>4} {'eager':>9} {'graph':>9} {'host us: ours':>14} {'base':>5}"]
     groups = {}
     for r in ours:
         tf32 = r["kind"] == "conv" and r.get("tf32") == "True"
@@ -620,7 +620,7 @@ def _quick_lines(rows):
         graph = _ratio(_geomean(finite(r.get("speedup_graph")) for r in good))
         host = _fmt(_median(finite(r.get("host_us")) for r in good), ".0f")
         host_base = _fmt(_median(finite(b.get("host_us")) for b in twins), ".0f")
-        lines.append(f"  {label:<24}{len(good):>4}{eager:>9}{graph:>9}{host:>15}{host_base:>6}")
+        lines.append(f"  {label:<24}{len(good):>4} {eager:>9} {graph:>9} {host:>14} {host_base:>5}")
     return lines
 
 
@@ -689,6 +689,7 @@ def stage_env(ctx):
     import torch
     env = sweep.environment(ctx.device, "python3 perf/gpu_session.py")
     env = {k: env[k] for k in ("device", "gpu", "torch", "triton", "cudnn", "commit")}
+    env["slug"] = sweep.slug(env["gpu"])  # the results folder's name: perf/results/<slug>/
     env.update(python=sys.version.split()[0], numpy=_version("numpy"), source_sha256=source_sha256(),
                cuda_available=torch.cuda.is_available())
     if ctx.device == "cuda":

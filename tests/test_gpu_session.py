@@ -207,3 +207,55 @@ def test_summary_fits_in_60_lines(tmp_path):
     for expected in ("conv wgrad fp16", "pool bwd bf16", "conv fwd fp32/tf32", "0.25x", "0.5x", "conv_transpose2d bwd",
                      "ours-graph 100000 (1.5x)", "4300 GB/s", "790 TFLOP/s", "30 failed", "... and 24 more", "vgg_fwd"):
         assert expected in text, (expected, text)
+
+
+def test_plot_session_folder(tmp_path):
+    """perf/plot.py --session turns a GPU-shaped session folder (made-up numbers, test data
+    only) into the results folder: its files, plots and a README with every table. Rows
+    without the graph columns (an older CSV) read as unmeasured."""
+    from test_perf import PNG_MAGIC, _gpu_rows
+    sweep, rows = _gpu_rows()
+    plot = _load("plot")
+    folder = tmp_path / "session"
+    folder.mkdir()
+    with sweep.CsvWriter(folder / "quick.csv") as sink:
+        for i, row in enumerate(rows):
+            graph = dict(ms_graph=row["ms"] / 2, speedup_graph=2 * row["speedup"], host_us=row["ms"] * 500) if i % 2 else {}
+            sink(dict(row, suite="quick", **graph))
+
+    def write(name, table):
+        with open(folder / name, "w", newline="") as f:
+            writer = csv.DictWriter(f, list(table[0]))
+            writer.writeheader()
+            writer.writerows(table)
+    write("overhead.csv", [dict(op="conv2d", mode=mode, provider=provider, us=us, ratio=3.0 if provider == "convtri" else 1,
+                                launches=3 if provider == "convtri" else 1, **{"pass": "bwd"})
+                           for mode in ("eager", "graph") for provider, us in (("convtri", 90.0), ("torch", 30.0))])
+    write("lenet.csv", [dict(variant="d2l", mode=m, examples_per_s=v, step_ms=1.0, vs_torch_eager=v and v / 2e5, note=n)
+                        for m, v, n in (("torch-eager", 2e5, ""), ("ours-eager", 5e4, ""), ("torch-compile", "", "failed: X"))])
+    write("tests.csv", [dict(nodeid="tests/test_conv2d.py::test_x[cuda]", outcome="failed", when="call", seconds=1,
+                             message="boom")])
+    write("ncu.csv", [dict(case="vgg_fwd", kernel="conv2d_fwd_kernel", duration_us=900, sm_pct=40, dram_pct=10,
+                           tensor_gmma_pct=30, tensor_hmma_pct=0, warps_active_pct=20, registers=168)])
+    record = dict(point="vgg16_56_256to256 fwd fp16 nhwc", kernel="conv2d_fwd_kernel", key=[32], best="BLOCK_M: 64",
+                  timings_ms={"BLOCK_M: 64": 0.5, "BLOCK_M: 32": 0.9})
+    session = dict(command="python3 perf/gpu_session.py --out x", started="2026-01-01T00:00:00+00:00", budget_s=480,
+                   elapsed_s=470, smoke=False, summary=["SUMMARY line"], stages={"env": dict(status="ok", seconds=9)},
+                   environment=dict(gpu="NVIDIA H200", slug="nvidia-h200", commit="0" * 40, sm_count=132),
+                   ceilings=dict(copy_gbps=4300, matmul_tflops=790, matmul="bfloat16 8192^3 matmul"),
+                   tests=dict(select="full on cuda", passed=10, failed=1, failures=["tests/test_conv2d.py::test_x[cuda]"]),
+                   autotune=dict(source="triton Autotuner.run wrapper", records=[record]))
+    (folder / "session.json").write_text(json.dumps(session))
+    out = tmp_path / "results"
+    plot.main(["--session", str(folder), "--out-dir", str(out)])
+    for png in ("speedup_quick.png", "graph_speedup.png", "roofline.png", "summary.png", "overhead.png",
+                "lenet_step.png"):
+        assert (out / png).read_bytes()[:8] == PNG_MAGIC, png
+    assert {"session.json", "quick.csv", "overhead.csv", "lenet.csv", "tests.csv", "ncu.csv"} <= {p.name for p in out.iterdir()}
+    readme = (out / "README.md").read_text()
+    for expected in ("# convtri GPU session: NVIDIA H200", "SUMMARY line", "4300 GB/s", "790 TFLOP/s",
+                     "FAILED `tests/test_conv2d.py::test_x[cuda]`", "Graph replay:", "| conv2d | bwd | eager | 90.0 | 30.0 | 3.00 | 3 / 1 |",
+                     "| d2l | torch-compile | - |", "| vgg16_56_256to256 fwd fp16 nhwc | conv2d_fwd_kernel | BLOCK_M: 64 | 2 | 0.5000 | 0.9000 |",
+                     "| vgg_fwd | conv2d_fwd_kernel | 900 | 40 | 10 | 30 |"):
+        assert expected in readme, expected
+    assert "SMOKE" not in readme
