@@ -1,6 +1,7 @@
 """Plots (and a results README) from the CSVs that perf/sweep.py writes.
 
     python perf/plot.py sweep.csv [more.csv ...] --out-dir plots [--readme]
+    python perf/plot.py --session GPU_SESSION_DIR --out-dir perf/results/<gpu>   # a perf/gpu_session.py folder
 
 Writes speedup_<suite>.png per suite, roofline.png, summary.png (geometric-mean speedup per
 op x dtype) and, with --readme, README.md holding the same table, the run's versions and
@@ -8,8 +9,10 @@ commit and its exact command. A CPU smoke run is labelled as such on every page.
 """
 import argparse
 import csv
+import json
 import math
 import os
+import shutil
 import sys
 from collections import defaultdict
 
@@ -306,14 +309,291 @@ def write_readme(rows, out_dir, pngs, csv_names):
         f.write("\n".join(parts) + "\n")
 
 
+# ----------------------------------------------------------------------------- GPU sessions
+
+SESSION_CSVS = ("quick.csv", "overhead.csv", "lenet.csv", "tests.csv", "ncu.csv")
+SESSION_FILES = ("session.json", "session.log") + SESSION_CSVS
+GRAPH_COLORS = {"eager": "tab:blue", "graph": "tab:green"}
+PROVIDER_HATCH = {"convtri": None, "torch": "//"}
+
+
+def _float(v):
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _csv_dicts(path):
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def read_session(folder):
+    """A perf/gpu_session.py folder: session.json as a dict, plus "rows" per CSV (the quick
+    suite's through read_rows, like any sweep CSV; columns a CSV lacks read as empty)."""
+    with open(os.path.join(folder, "session.json")) as f:
+        session = json.load(f)
+    quick = os.path.join(folder, "quick.csv")
+    session["rows"] = {name[:-4]: _csv_dicts(os.path.join(folder, name)) for name in SESSION_CSVS}
+    session["rows"]["quick"] = read_rows([quick]) if session["rows"]["quick"] else []
+    return session
+
+
+def graph_rows(rows):
+    """The quick suite's rows with the graph-replay speedup as their speedup (for geomean_table)."""
+    return [dict(row, speedup=_float(row.get("speedup_graph"))) for row in rows]
+
+
+def _session_title(fig, session, title):
+    env = session.get("environment") or {}
+    lines = [title, f"{env.get('gpu', '?')} | torch {env.get('torch', '?')} | triton {env.get('triton', '?')} | "
+                    f"cuDNN {env.get('cudnn', '?')} | commit {str(env.get('commit', '?'))[:12]} | "
+                    f"{str(session.get('started', ''))[:10]}"]
+    if session.get("smoke"):
+        lines.append(SMOKE_BANNER)
+    fig.suptitle("\n".join(lines), fontsize=9)
+
+
+def plot_graph_speedup(session, path):
+    """Per quick-suite point: convtri's speedup over the baseline in eager mode and as CUDA-graph
+    replays, side by side; the gap between the two bars is host overhead."""
+    rows = [row for row in session["rows"]["quick"] if row["provider"] == OURS]
+    labels = [f"{r['shape']} {r['op']} {r['dtype']}" for r in rows]
+    values = {"eager": [r["speedup"] if usable(r) else math.nan for r in rows],
+              "graph": [_float(r.get("speedup_graph")) if usable(r) else math.nan for r in rows]}
+    finite = [v for vs in values.values() for v in vs if v > 0 and math.isfinite(v)] or [1.0]
+    fig, ax = plt.subplots(layout="constrained", figsize=(max(MIN_WIDTH, 2.5 + 0.32 * len(rows)), 5.2))
+    for j, (mode, vs) in enumerate(values.items()):
+        ax.bar(np.arange(len(rows)) + (j - 0.5) * 0.4, [v if math.isfinite(v) else 0 for v in vs], 0.4,
+               color=GRAPH_COLORS[mode], label=mode)
+    ax.axhline(1.0, color="black", linewidth=1)
+    _speedup_axis(ax.yaxis, min(min(finite), 1.0) / 1.6, max(max(finite), 1.0) * 1.6)
+    ax.set_xticks(np.arange(len(rows)))
+    ax.set_xticklabels(labels, rotation=55, ha="right", fontsize=7)
+    ax.set_ylabel("speedup")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    _session_title(fig, session, f"quick suite: convtri over {baseline_label(rows)}, eager and CUDA-graph replay "
+                                 "(missing bar: failed or wrong)")
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+
+
+def plot_overhead(session, path):
+    """Microseconds per call at LeNet shapes, convtri against torch, per op and pass and mode."""
+    rows = session["rows"]["overhead"]
+    modes = [m for m in ("eager", "graph", "meta") if any(r["mode"] == m for r in rows)]
+    calls = list(dict.fromkeys((r["op"], r["pass"]) for r in rows))
+    cell = {(r["op"], r["pass"], r["mode"], r["provider"]): _float(r["us"]) for r in rows}
+    fig, axes = plt.subplots(len(modes), 1, squeeze=False, layout="constrained",
+                             figsize=(max(MIN_WIDTH, 2.5 + 0.45 * len(calls)), 1.5 + 2.8 * len(modes)))
+    for ax, mode in zip(axes[:, 0], modes):
+        for j, provider in enumerate(PROVIDER_HATCH):
+            ys = [cell.get((op, p, mode, provider), math.nan) for op, p in calls]
+            ax.bar(np.arange(len(calls)) + (j - 0.5) * 0.4, [y if math.isfinite(y) else 0 for y in ys], 0.4,
+                   color=OP_COLORS["fwd"] if provider == OURS else "lightgrey", hatch=PROVIDER_HATCH[provider],
+                   edgecolor="black", linewidth=0.5, label=provider)
+        ax.set_yscale("log")
+        ax.set_ylabel("us per call")
+        ax.set_title(f"{mode}" + (" (meta tensors: the host path alone)" if mode == "meta" else ""), fontsize=10,
+                     loc="left")
+        ax.set_xticks(np.arange(len(calls)))
+        ax.set_xticklabels([f"{op} {p}" for op, p in calls], rotation=35, ha="right", fontsize=8)
+        ax.grid(axis="y", which="both", alpha=0.3)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    _session_title(fig, session, "Host overhead: microseconds per call at LeNet shapes, lower is better")
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+
+
+def plot_lenet_step(session, path):
+    """Examples/s of one LeNet training step, a bar per (variant, mode); unmeasured ones say why."""
+    rows = session["rows"]["lenet"]
+    modes = list(dict.fromkeys(r["mode"] for r in rows))
+    rates = [_float(r["examples_per_s"]) for r in rows]
+    measured = [v for v in rates if v > 0 and math.isfinite(v)] or [1.0]
+    fig, ax = plt.subplots(layout="constrained", figsize=(MIN_WIDTH, 1.8 + 0.42 * len(rows)))
+    colors = plt.get_cmap("tab10")
+    for i, (row, rate) in enumerate(zip(rows, rates)):
+        shown = rate > 0 and math.isfinite(rate)
+        ax.barh(i, rate if shown else 0, color=colors(modes.index(row["mode"])))
+        ax.text(rate if shown else min(measured) / 2, i, f" {rate:,.0f}" if shown else f" {row['note'] or 'n/a'}",
+                va="center", fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlim(min(measured) / 2, max(measured) * 8)
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels([f"{r['variant']} {r['mode']}" for r in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("examples / s")
+    ax.grid(axis="x", which="both", alpha=0.3)
+    _session_title(fig, session, "LeNet training step (forward, backward, SGD), higher is better")
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+
+
+def _md_table(header, rows):
+    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+                     + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+
+
+def _num(v, spec=".3g"):
+    v = _float(v)
+    return "-" if math.isnan(v) else format(v, spec)
+
+
+def session_readme(session, out_dir, pngs):
+    """README.md of a session folder: its summary, the machine and its ceilings, every stage,
+    the tests, the quick suite eager and graph, host overhead, the LeNet step, the autotune
+    record and the profile."""
+    env, ceil, rows = session.get("environment") or {}, session.get("ceilings") or {}, session["rows"]
+    smi, after = env.get("nvidia_smi_at_rest") or {}, ceil.get("nvidia_smi_after_matmul") or {}
+    parts = [f"# convtri GPU session: {env.get('gpu', '?')}", ""]
+    if session.get("smoke"):
+        parts += [f"**{SMOKE_BANNER}.** It checks that the session runs; its numbers mean nothing.", ""]
+    parts += [f"`{session.get('command')}` on {session.get('started')}: {session.get('elapsed_s')} s of a "
+              f"{session.get('budget_s')} s budget. Commit `{env.get('commit')}`, sources sha256 "
+              f"`{env.get('source_sha256')}` (`python perf/gpu_session.py --source-hash` on a checkout gives its own).",
+              "", "## Summary (as the session printed it)", "", "```text", *session.get("summary", []), "```", ""]
+    parts += ["## Machine and ceilings", "", _md_table(["", ""], [
+        ("GPU", f"{env.get('gpu')}, {env.get('sm_count', '-')} SMs, compute capability {env.get('capability', '-')}, "
+                f"{env.get('memory_gib', '-')} GiB, L2 {env.get('l2_mb', '-')} MB"),
+        ("driver, CUDA", f"{env.get('driver', '-')}, {env.get('cuda', '-')}"),
+        ("torch, triton, cuDNN", f"{env.get('torch')}, {env.get('triton')}, {env.get('cudnn')}"),
+        ("Python, numpy", f"{env.get('python')}, {env.get('numpy')}"),
+        ("clocks at rest (nvidia-smi)", f"SM {smi.get('clocks.sm', '-')}, memory {smi.get('clocks.mem', '-')}, "
+                                        f"max SM {smi.get('clocks.max.sm', '-')}, {smi.get('pstate', '-')}"),
+        ("clocks after the matmul", f"SM {after.get('clocks.sm', '-')}, memory {after.get('clocks.mem', '-')}, "
+                                    f"power {after.get('power.draw', '-')}"),
+        ("device-to-device copy", f"{_num(ceil.get('copy_gbps'), '.0f')} GB/s, bytes read plus written "
+                                  f"({_num(ceil.get('copy_bytes', 0) / 2 ** 20, '.0f')} MiB, mean of {ceil.get('iters')})"),
+        (ceil.get("matmul", "matmul"), f"{_num(ceil.get('matmul_tflops'), '.0f')} TFLOP/s on random data")]), ""]
+    parts += ["## Stages", "", _md_table(["stage", "status", "seconds", "share (s)", "note"], [
+        (name, s.get("status"), s.get("seconds"), s.get("share_s"), s.get("note", "")) for name, s in
+        (session.get("stages") or {}).items()]), ""]
+    tests = session.get("tests") or {}
+    parts += ["## Native tests", "", f"Selection: {tests.get('select', '-')}. " + ", ".join(
+        f"{tests.get(k, 0)} {label}" for k, label in (("passed", "passed"), ("failed", "failed"), ("error", "errors"),
+                                                    ("skipped", "skipped"), ("not_run", "not run"))) +
+        f" of {tests.get('selected', 0)} selected (`tests.csv`: one row per outcome).", ""]
+    parts += [f"- FAILED `{nodeid}`" for nodeid in tests.get("failures", [])] + [""]
+    parts += _readme_quick(rows["quick"], pngs)
+    parts += _readme_overhead(rows["overhead"])
+    parts += ["## LeNet training step", "", "Batch 256 of 1x28x28, forward, cross-entropy, backward, SGD (fp32).", "",
+              _md_table(["variant", "mode", "examples/s", "ms/step", "x twin eager", "note"], [
+                  (r["variant"], r["mode"], _num(r["examples_per_s"], ",.0f"), _num(r["step_ms"]),
+                   ratio_text(_float(r["vs_torch_eager"])), r["note"]) for r in rows["lenet"]]), ""]
+    parts += _readme_autotune(session.get("autotune") or {})
+    ncu = session.get("ncu") or {}
+    parts += ["## Nsight Compute (`ncu --clock-control none`)", ""]
+    parts += [_md_table(["case", "kernel", "us", "SM %", "DRAM %", "tensor gmma %", "tensor hmma %", "warps %", "regs"], [
+        (r["case"], r["kernel"], _num(r["duration_us"]), _num(r["sm_pct"]), _num(r["dram_pct"]),
+         _num(r["tensor_gmma_pct"]), _num(r["tensor_hmma_pct"]), _num(r["warps_active_pct"]), _num(r["registers"]))
+        for r in rows["ncu"]]) if rows["ncu"] else (session.get("stages", {}).get("ncu", {}).get("note") or "not run"), ""]
+    parts += ["## Files", ""] + [f"- `{name}`" for name in sorted(set(os.listdir(out_dir)) - {"README.md"})]
+    with open(os.path.join(out_dir, "README.md"), "w") as f:
+        f.write("\n".join(parts) + "\n")
+
+
+def _readme_quick(rows, pngs):
+    if not rows:
+        return ["## Quick suite", "", "No rows.", ""]
+    ours = [r for r in rows if r["provider"] == OURS]
+    base = {(r["shape"], r["op"], r["dtype"]): r for r in rows if r["provider"] == r["baseline"]}
+    parts = ["## Quick suite: eager and CUDA-graph replay", "",
+             "Geometric-mean speedup of convtri over the baseline, eager (what a user gets; timed with do_bench, "
+             "whose L2 flush between calls hides up to ~0.1 ms of host time per call) and as CUDA-graph replays "
+             "(the kernels alone). host us = eager minus graph, per call.", "",
+             "Eager:", "", markdown_table(rows), "", "Graph replay:", "", markdown_table(graph_rows(rows)), "",
+             _md_table(["shape", "op", "dtype", "layout", "ours ms", "base ms", "eager x", "ours graph ms",
+                        "base graph ms", "graph x", "host us ours", "host us base", "ok"], [
+                 (r["shape"], r["op"], r["dtype"], r["layout"], _num(r["ms"], ".4f"),
+                  _num(base.get((r["shape"], r["op"], r["dtype"]), {}).get("ms"), ".4f"), ratio_text(r["speedup"]),
+                  _num(r.get("ms_graph"), ".4f"),
+                  _num(base.get((r["shape"], r["op"], r["dtype"]), {}).get("ms_graph"), ".4f"),
+                  ratio_text(_float(r.get("speedup_graph"))), _num(r.get("host_us"), ".0f"),
+                  _num(base.get((r["shape"], r["op"], r["dtype"]), {}).get("host_us"), ".0f"),
+                  "yes" if r["ok"] else f"no: {r['note']}") for r in ours]), ""]
+    return parts + [f"![{png}]({png})" for png in pngs] + [""]
+
+
+def _readme_overhead(rows):
+    if not rows:
+        return ["## Host overhead", "", "No rows.", ""]
+    pairs = {}
+    for r in rows:
+        pairs.setdefault((r["op"], r["pass"], r["mode"]), {})[r["provider"]] = r
+    return ["## Host overhead at LeNet shapes", "",
+            "Microseconds per call (minimum over samples; perf/overhead.py). eager: back-to-back calls on the GPU, "
+            "synchronised; graph: the same call replayed from a CUDA graph; meta: meta tensors, the Python path "
+            "alone. Launches: CUDA kernels per call (torch.profiler).", "",
+            _md_table(["op", "pass", "mode", "convtri us", "torch us", "ours / torch", "launches ours / torch"], [
+                (op, p, mode, _num(pair.get(OURS, {}).get("us"), ".1f"), _num(pair.get("torch", {}).get("us"), ".1f"),
+                 _num(pair.get(OURS, {}).get("ratio"), ".2f"),
+                 f"{_num(pair.get(OURS, {}).get('launches'), 'g')} / {_num(pair.get('torch', {}).get('launches'), 'g')}"
+                 if mode == "eager" else "") for (op, p, mode), pair in pairs.items()]), ""]
+
+
+def _readme_autotune(autotune):
+    records = [r for r in autotune.get("records", []) if "kernel" in r]
+    parts = ["## Autotune record", "", f"Source: {autotune.get('source', 'nothing recorded')}. session.json holds, for "
+             "each quick-suite conv point, the config chosen and the time of every config tried.", ""]
+    if records:
+        parts += [_md_table(["point", "kernel", "best", "configs timed", "best ms", "slowest ms"], [
+            (r["point"], r["kernel"], r["best"], len(r["timings_ms"]),
+             _num(min((t for t in r["timings_ms"].values() if t is not None), default=None), ".4f"),
+             _num(max((t for t in r["timings_ms"].values() if t is not None), default=None), ".4f"))
+            for r in records]), ""]
+    return parts
+
+
+def plot_session(folder, out_dir):
+    """A fetched perf/gpu_session.py folder into ``out_dir`` (perf/results/<gpu>/): its files,
+    the quick suite's usual plots, the eager-vs-graph, overhead and LeNet plots, and README.md."""
+    session = read_session(folder)
+    os.makedirs(out_dir, exist_ok=True)
+    for name in SESSION_FILES:
+        source = os.path.join(folder, name)
+        if os.path.exists(source) and os.path.abspath(source) != os.path.abspath(os.path.join(out_dir, name)):
+            shutil.copyfile(source, os.path.join(out_dir, name))
+    pngs = []
+    quick = session["rows"]["quick"]
+    if any(r["provider"] == OURS for r in quick):
+        for suite in unique(quick, "suite"):  # quick; smoke in a CPU smoke session
+            pngs.append(f"speedup_{suite}.png")
+            plot_speedup(quick, suite, os.path.join(out_dir, pngs[-1]))
+        pngs += ["graph_speedup.png", "roofline.png", "summary.png"]
+        plot_graph_speedup(session, os.path.join(out_dir, "graph_speedup.png"))
+        plot_roofline(quick, os.path.join(out_dir, "roofline.png"))
+        plot_summary(quick, os.path.join(out_dir, "summary.png"))
+    if session["rows"]["overhead"]:
+        pngs.append("overhead.png")
+        plot_overhead(session, os.path.join(out_dir, "overhead.png"))
+    if session["rows"]["lenet"]:
+        pngs.append("lenet_step.png")
+        plot_lenet_step(session, os.path.join(out_dir, "lenet_step.png"))
+    session_readme(session, out_dir, pngs)
+    slug = (session.get("environment") or {}).get("slug", "?")
+    print(f"wrote {', '.join(pngs)} and README.md to {out_dir} (the GPU's results folder: perf/results/{slug}/)")
+    return out_dir
+
+
 # ----------------------------------------------------------------------------- command line
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("csv", nargs="+")
+    p.add_argument("csv", nargs="*")
     p.add_argument("--out-dir", default=".", help="where the PNGs go (default: here)")
     p.add_argument("--readme", action="store_true", help="also write README.md with the geomean table")
+    p.add_argument("--session", help="a perf/gpu_session.py output folder: its CSVs, session.json and log, "
+                                     "plots and README.md go to --out-dir (perf/results/<gpu>)")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.session:
+        return plot_session(args.session, args.out_dir)
+    if not args.csv:
+        p.error("give CSV files, or --session DIR")
     rows = read_rows(args.csv)
     os.makedirs(args.out_dir, exist_ok=True)
     pngs = []

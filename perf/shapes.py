@@ -274,12 +274,69 @@ SUITES = {
     "depthwise": DEPTHWISE,
     "pool": POOL,
 }
-SUITES["all"] = [shape for name, suite in SUITES.items() if name != "smoke" for shape in suite]
+NOT_IN_ALL = ("all", "smoke", "quick")  # smoke is CPU-only; quick picks from the others
+SUITES["all"] = [shape for name, suite in SUITES.items() if name not in NOT_IN_ALL for shape in suite]
+
+
+# ----------------------------------------------------------------------------- curated suites
+
+@dataclass(frozen=True)
+class Pick:
+    """A shape of a curated suite with the passes, dtypes and layouts run for it (the sweep's
+    own options narrow them further). Pooling's backward is "bwd"."""
+    shape: _Layer
+    ops: tuple
+    dtypes: tuple
+    layouts: tuple = ("nhwc",)
+
+    def covers(self, op, dtype, layout):
+        return op in self.ops and dtype in self.dtypes and layout in self.layouts
+
+    def points(self):
+        return len(self.ops) * len(self.dtypes) * len(self.layouts)
+
+
+def _pick(name, ops, dtypes, layouts=("nhwc",)):
+    return Pick({shape.name: shape for shape in SUITES["all"]}[name], ops, dtypes, layouts)
+
+
+CONV3 = ("fwd", "dgrad", "wgrad")
+LOW = ("fp16", "bf16")
+# "quick": about 40 points that stand for every suite above, for a GPU session with minutes to
+# spend. One point of each family comes early, so that a run cut short still covers them. fp32
+# runs as TF32 under the sweep's default --tf32 on. LeNet runs NCHW, as its models do.
+QUICK = [
+    _pick("vgg16_56_256to256", CONV3, LOW),  # VGG 3x3 at 56: compute-bound (every VGG layer after the first: 118 GFLOP)
+    _pick("rn50_14_3x3_256", CONV3, LOW),  # ResNet-50 3x3
+    _pick("rn50_14_1x1_1024to256", CONV3, ("fp16",)),  # ResNet-50 1x1: a plain GEMM over channels
+    _pick("rn50_stem_max3x3s2", ("fwd", "bwd"), LOW),  # ResNet stem max-pool: memory-bound
+    _pick("lenet_c3", CONV3, ("fp32",), ("nchw",)),  # LeNet C3, TF32: host-bound
+    _pick("mbv2_dw_96_112s2", CONV3, ("fp16",)),  # depthwise, strided
+    _pick("db_inception_14_512to48_5x5", ("fwd", "dgrad"), ("fp16",)),  # DeepBench 5x5, long reduction
+    _pick("db_speech_79x341_32to32_5x10s2", ("fwd",), ("fp16",)),  # DeepBench speech: wide kernel, stride 2
+    _pick("rn50_28to14_3x3s2_256", CONV3, ("fp16",)),  # ResNet-50 strided 3x3
+    _pick("vgg16_28_512to512", ("fwd",), ("fp16", "bf16", "fp32")),  # VGG 3x3 at 28, TF32 too
+    _pick("rn50_conv1_7x7s2", ("fwd", "wgrad"), ("fp16",)),  # ResNet-50 stem 7x7/2: 3 channels
+    _pick("lenet_c1", ("fwd",), ("fp32",), ("nchw",)),  # LeNet C1: one input channel
+    _pick("lenet_avg2x2s2", ("fwd", "bwd"), ("fp32",), ("nchw",)),  # d2l LeNet's average pooling
+    _pick("vgg16_max2x2s2_56", ("fwd",), ("bf16",)),  # VGG max-pool
+    _pick("rn50_global_avg7x7", ("fwd", "bwd"), ("fp16",)),  # global average pooling
+    _pick("latency_n1_256_16x16_3x3", ("fwd",), ("fp16",)),  # one image: latency-bound
+]
+SUITES["quick"] = [pick.shape for pick in QUICK]
+PICKS = {"quick": {pick.shape.name: pick for pick in QUICK}}  # suite -> shape name -> Pick
+
+
+def selected(suite, shape, op, dtype, layout):
+    """Whether a point belongs to its suite: every point of a plain suite; a curated suite's
+    picks only."""
+    picks = PICKS.get(suite)
+    return picks is None or picks[shape.name].covers(op, dtype, layout)
 
 
 def suite_members(name):
     """(suite, shape) pairs of a suite; "all" keeps each shape's own suite."""
-    names = [n for n in SUITES if n not in ("all", "smoke")] if name == "all" else [name]
+    names = [n for n in SUITES if n not in NOT_IN_ALL] if name == "all" else [name]
     return [(n, shape) for n in names for shape in SUITES[n]]
 
 

@@ -56,7 +56,7 @@ TIMER_CPU = "cpu-wallclock"
 COLUMNS = [
     "suite", "shape", "kind", "op", "dtype", "layout", "provider", "baseline", "impl_layout", "params",
     "ms", "ms_p20", "ms_p80", "flop", "bytes", "intensity", "tflops", "gbps",
-    "peak_tflops", "peak_gbps", "pct_peak", "speedup", "err", "tol", "ok", "note",
+    "peak_tflops", "peak_gbps", "pct_peak", "speedup", "ms_graph", "speedup_graph", "host_us", "err", "tol", "ok", "note",
     "run", "timer", "tf32", "device", "gpu", "torch", "triton", "cudnn", "commit", "timestamp", "command",
 ]
 
@@ -118,6 +118,42 @@ def bench(fn, device, args):
         fn()
         times.append((time.perf_counter() - start) * 1e3)
     return tuple(float(t) for t in np.percentile(times, [50, 20, 80]))
+
+
+def capture_graph(build, warmup=3):
+    """A CUDA graph of one call of ``build()``'s callable, and that callable.
+
+    The callable is built and warmed up (cuDNN's benchmark, Triton's autotuner and the
+    allocator settle: none of them may run inside a capture) on a side stream, which the
+    capture then uses: a backward captured there runs on the stream of its forward, so the
+    forward of a saved output must run on it too. Replay with ``graph.replay()``; keep the
+    callable alive as long as the graph (it holds the graph's inputs).
+    """
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn = build()
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=stream):
+        fn()
+    torch.cuda.synchronize()
+    return graph, fn
+
+
+def wall_seconds(fn, calls, cuda):
+    """Seconds for ``calls`` back-to-back calls of fn, synchronised before and after on CUDA:
+    the steady state of a loop of calls, whichever of host and device is the slower."""
+    if cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    if cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
 
 
 def rel_error(ours, ref):
@@ -186,19 +222,30 @@ def baseline_name(kind, device):
 # ----------------------------------------------------------------------------- the sweep
 
 class Sweep:
-    def __init__(self, args, env, sink):
-        """``sink(row)`` receives each row as soon as it is measured."""
+    def __init__(self, args, env, sink, should_stop=None):
+        """``sink(row)`` receives each row as soon as it is measured; ``should_stop()``, asked
+        before each point, ends the sweep early (a time budget)."""
         self.args, self.env, self.sink = args, env, sink
+        self.should_stop = should_stop or (lambda: False)
         self.peaks = gpu_peaks(env["gpu"]) if args.device == "cuda" else None
-        self.baselines = {}  # (shape, op, dtype) -> (layout, timing) of the better baseline layout
+        self.graph = args.graph and args.device == "cuda"
+        self.baselines = {}  # (shape, op, dtype) -> (layout, timing, graph timing) of the better baseline layout
         self.rows = []
 
-    def run(self, members):
+    def points(self, members):
+        """The (suite, shape, op, dtype, layout) points the sweep runs, in order."""
         for suite, shape in members:
             for dtype in self.args.dtypes:
                 for op in self.ops(shape):
                     for layout in self.args.layouts:
-                        self.point(suite, shape, op, dtype, layout)
+                        if shapes.selected(suite, shape, op, dtype, layout):
+                            yield suite, shape, op, dtype, layout
+
+    def run(self, members):
+        for point in self.points(members):
+            if self.should_stop():
+                break
+            self.point(*point)
         return self.rows
 
     def ops(self, shape):
@@ -219,9 +266,10 @@ class Sweep:
         except Exception as e:  # no baseline, nothing to compare with: say so and move on
             self.emit(base, shape, case, provider=base["baseline"], note=f"baseline failed: {_short(e)}", ok=False)
             return
-        base_layout, base_time = self.baseline(shape, op, dtype, case, layout, ref_fn)
+        base_layout, base_time, base_graph = self.baseline(shape, op, dtype, case, layout, ref_fn)
         self.emit(base, shape, case, provider=base["baseline"], timing=base_time, impl_layout=base_layout,
-                  speedup=1.0, err=0.0, tol=tol, ok=True, note="")
+                  speedup=1.0, err=0.0, tol=tol, ok=True, note=base_graph[1], graph=base_graph[0],
+                  speedup_graph=1.0 if math.isfinite(base_graph[0][0]) else math.nan)
         providers = [("convtri", lambda: case.forward(convtri))]
         if self.args.compile_baseline:
             providers.append(("torch-compile", lambda: _compiled(case.forward(F))))
@@ -233,15 +281,19 @@ class Sweep:
             except Exception as e:  # a failure is a row too
                 self.emit(base, shape, case, provider=provider, tol=tol, ok=False, note=f"failed: {_short(e)}")
                 continue
+            graph, graph_note = self.graph_timing(case, forward, layout)
             ok = err <= tol
+            note = "; ".join(filter(None, ["" if ok else "mismatch: excluded from summaries", graph_note]))
             self.emit(base, shape, case, provider=provider, timing=timing, impl_layout=layout, tol=tol, err=err,
-                      ok=ok, speedup=base_time[0] / timing[0], note="" if ok else "mismatch: excluded from summaries")
+                      ok=ok, speedup=base_time[0] / timing[0], note=note, graph=graph,
+                      speedup_graph=base_graph[0][0] / graph[0])
         del case, ref, ref_fn
         if device == "cuda":
             torch.cuda.empty_cache()
 
     def baseline(self, shape, op, dtype, case, layout, ref_fn):
-        """The baseline timed in NCHW and channels_last, once per (shape, op, dtype): the faster wins."""
+        """The baseline timed in NCHW and channels_last, once per (shape, op, dtype): the faster
+        wins, and is also timed as a graph replay."""
         key = (shape.name, op, dtype)
         if key not in self.baselines:
             timings = {}
@@ -249,11 +301,27 @@ class Sweep:
                 fn = ref_fn if candidate == layout else case.callable(case.forward(F), candidate)
                 timings[candidate] = bench(fn, self.args.device, self.args)
             best = min(timings, key=lambda name: timings[name][0])
-            self.baselines[key] = (best, timings[best])
+            self.baselines[key] = (best, timings[best], self.graph_timing(case, lambda: case.forward(F), best))
         return self.baselines[key]
 
+    def graph_timing(self, case, forward, layout):
+        """((median, p20, p80) ms of the point's call replayed from a CUDA graph, note): the
+        kernels without the host's launch path. NaNs without --graph, on CPU, or when the
+        capture fails (the note says why)."""
+        if not self.graph:
+            return (math.nan,) * 3, ""
+        try:
+            graph, fn = capture_graph(lambda: case.callable(forward(), layout))
+            return bench(graph.replay, "cuda", self.args), ""
+        except Exception as e:
+            try:  # what a failed capture left in flight
+                torch.cuda.synchronize()
+            except Exception:
+                pass
+            return (math.nan,) * 3, f"graph failed: {_short(e)}"
+
     def emit(self, base, shape, case, provider, timing=(math.nan,) * 3, impl_layout="", speedup=math.nan,
-             err=math.nan, tol=math.nan, ok=False, note=""):
+             err=math.nan, tol=math.nan, ok=False, note="", graph=(math.nan,) * 3, speedup_graph=math.nan):
         dtype = base["dtype"]
         itemsize = DTYPES[dtype].itemsize
         flop, traffic = shape.flop(case.op), shape.traffic(case.op, itemsize)
@@ -269,11 +337,13 @@ class Sweep:
         row = dict(base, provider=provider, impl_layout=impl_layout, ms=ms, ms_p20=timing[1], ms_p80=timing[2],
                    flop=flop, bytes=traffic, intensity=flop / traffic, tflops=tflops, gbps=gbps,
                    peak_tflops=peak_tflops, peak_gbps=peak_gbps, pct_peak=pct, speedup=speedup,
+                   ms_graph=graph[0], speedup_graph=speedup_graph, host_us=(ms - graph[0]) * 1e3,
                    err=err, tol=tol, ok=ok, note=note, tf32=tf32, **self.env)
         self.rows.append(row)
         self.sink(row)
+        graphed = f" graph {graph[0]:.4f} ms x{speedup_graph:<6.3g}" if math.isfinite(graph[0]) else ""
         print(f"{row['suite']:>9} {row['shape']:<34} {row['op']:<6} {dtype} {row['layout']} {provider:<13} "
-              f"{ms:9.4f} ms  x{speedup:<8.3g} err {err:.1e} {'ok' if ok else note}", flush=True)
+              f"{ms:9.4f} ms  x{speedup:<8.3g}{graphed} err {err:.1e} {'ok' if ok else note}", flush=True)
 
 
 def _compiled(forward):
@@ -287,17 +357,19 @@ def _short(e):
 
 
 class CsvWriter:
-    """The sweep's CSV, written row by row and flushed, so that a run cut short (a GPU lease
-    ending, a crash) keeps every point measured so far."""
+    """A CSV (the sweep's, or another perf script's ``columns``), written row by row and
+    flushed, so that a run cut short (a GPU lease ending, a crash) keeps every row so far."""
 
-    def __init__(self, path):
+    def __init__(self, path, columns=COLUMNS):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self.columns = columns
         self.file = open(path, "w", newline="")
-        self.writer = csv.DictWriter(self.file, fieldnames=COLUMNS)
+        self.writer = csv.DictWriter(self.file, fieldnames=columns)
         self.writer.writeheader()
+        self.file.flush()
 
     def __call__(self, row):
-        self.writer.writerow({k: _cell(row[k]) for k in COLUMNS})
+        self.writer.writerow({k: _cell(row.get(k)) for k in self.columns})
         self.file.flush()
 
     def __enter__(self):
@@ -342,6 +414,9 @@ def parse_args(argv):
     p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
     p.add_argument("--tf32", choices=["on", "off"], default="on",
                    help="torch.backends.cudnn.allow_tf32 for both sides (default on, torch's default)")
+    p.add_argument("--graph", action=argparse.BooleanOptionalAction, default=None,
+                   help="also time every point as a CUDA-graph replay: ms_graph, speedup_graph, host_us "
+                        "(default: on for --suite quick)")
     p.add_argument("--compile-baseline", action="store_true",
                    help="also time torch.compile(mode='max-autotune') (slow; failures are recorded)")
     p.add_argument("--shapes", nargs="+", help="only these shape names of the suite")
@@ -351,51 +426,78 @@ def parse_args(argv):
     p.add_argument("--cpu-repeats", type=int, default=3, help="timed calls per point on CPU, after one warm-up")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    args.device = resolve_device(p, args.device)
     if args.suite is None:
         args.suite = "all" if args.device == "cuda" else "smoke"
+    if args.graph is None:
+        args.graph = args.suite == "quick"
     args.ops = _flat(args.ops)
     args.layouts = _flat(args.layouts)
     args.dtypes = _flat(args.dtypes) if args.dtypes else (list(DTYPES) if args.device == "cuda" else ["fp32"])
     if args.device == "cpu" and args.suite != "smoke" and not args.list:
         p.error(f"--suite {args.suite} needs a CUDA GPU: on CPU our kernels run through Triton's "
                 f"interpreter, which measures nothing; use --suite smoke")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda: no CUDA GPU available")
     return args
+
+
+def resolve_device(parser, device):
+    """--device auto, cpu or cuda as the device to run on; cuda without a GPU is a usage error."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA GPU available")
+    return device
 
 
 def _flat(lists):
     return list(dict.fromkeys(item for items in lists for item in items))
 
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    args = parse_args(argv)
+def members_of(args):
+    """The (suite, shape) pairs that the options select."""
     members = shapes.suite_members(args.suite)
     if args.shapes:
         unknown = set(args.shapes) - {shape.name for _, shape in members}
         if unknown:
             raise SystemExit(f"no shape named {', '.join(sorted(unknown))} in suite {args.suite}")
         members = [(suite, shape) for suite, shape in members if shape.name in args.shapes]
-    if args.list:
-        for suite, shape in members:
-            print(f"{suite:<10} {shape.name:<34} {shape.describe()}")
-        return None
+    return members
 
+
+def run_sweep(args, out, command, on_row=None, should_stop=None):
+    """The sweep that ``args`` select, into the CSV ``out``; ``on_row(row)`` sees each row
+    after it is written, ``should_stop()`` ends the sweep between points. Returns the rows."""
     torch.backends.cudnn.benchmark = True
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = args.tf32 == "on"
-    command = " ".join(["python", "perf/sweep.py", *argv])  # as run from the repository's root
     env = environment(args.device, command)
     if args.device == "cpu":
         print(f"CPU smoke run: Triton's interpreter against torch's CPU ops. {RUN_CPU_SMOKE}.")
-    out_dir = os.path.join(args.results_dir, slug(env["gpu"])) if args.results_dir else None
-    out = args.out or os.path.join(out_dir or ".", f"{args.suite}.csv")
-
-    with CsvWriter(out) as sink:
-        rows = Sweep(args, env, sink).run(members)
+    with CsvWriter(out) as writer:
+        def sink(row):
+            writer(row)
+            if on_row:
+                on_row(row)
+        rows = Sweep(args, env, sink, should_stop).run(members_of(args))
     print(f"wrote {len(rows)} rows to {out}")
+    return rows
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    if args.list:
+        picks = shapes.PICKS.get(args.suite, {})
+        for suite, shape in members_of(args):
+            pick = picks.get(shape.name)
+            runs = f"  [{' '.join(pick.ops)} | {' '.join(pick.dtypes)} | {' '.join(pick.layouts)}]" if pick else ""
+            print(f"{suite:<10} {shape.name:<34} {shape.describe()}{runs}")
+        return None
+
+    command = " ".join(["python", "perf/sweep.py", *argv])  # as run from the repository's root
+    gpu = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    out_dir = os.path.join(args.results_dir, slug(gpu)) if args.results_dir else None
+    out = args.out or os.path.join(out_dir or ".", f"{args.suite}.csv")
+    run_sweep(args, out, command)
     if out_dir:  # plots and README over every suite measured there so far
         csvs = sorted({os.path.abspath(path) for path in glob.glob(os.path.join(out_dir, "*.csv")) + [out]})
         plot.main([*csvs, "--out-dir", out_dir, "--readme"])

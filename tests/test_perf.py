@@ -285,3 +285,48 @@ def test_geomean_excludes_wrong_results():
             dict(row, speedup=math.nan, ok=False)]  # a failure
     gm, used, excluded = plot.geomean_table(rows)[("conv", "fwd")]["fp16"]
     assert (gm, used, excluded) == (pytest.approx(4.0), 2, 2)
+
+
+# ----------------------------------------------------------------------------- the quick suite
+
+def test_quick_suite_stands_for_every_suite():
+    """About 40 points: VGG 3x3 at 56 and 28, ResNet-50 1x1, 3x3 and strided, DeepBench,
+    depthwise, LeNet and pooling; fwd, dgrad and wgrad in fp16 and bf16, a few in fp32 (TF32)."""
+    picks = shapes.QUICK
+    assert 35 <= sum(pick.points() for pick in picks) <= 45
+    names = [pick.shape.name for pick in picks]
+    assert len(set(names)) == len(names)
+    for family in ("vgg16_56_", "vgg16_28_", "rn50_14_1x1", "rn50_14_3x3", "3x3s2", "db_", "mbv2_dw", "lenet_c",
+                   "_max", "_avg"):
+        assert any(family in name for name in names), family
+    every = {s.name: s for s in shapes.SUITES["all"]}
+    for pick in picks:
+        assert every[pick.shape.name] is pick.shape  # the very shapes of the other suites
+        kind_ops = shapes.CONV_OPS if pick.shape.kind == "conv" else shapes.POOL_OPS
+        assert set(pick.ops) <= set(kind_ops) and set(pick.dtypes) <= {"fp16", "bf16", "fp32"}, pick
+    points = [(p.shape.kind, op, dtype) for p in picks for op in p.ops for dtype in p.dtypes]
+    for op in ("fwd", "dgrad", "wgrad"):
+        assert {("conv", op, "fp16"), ("conv", op, "bf16")} <= set(points), op
+    assert 3 <= sum(dtype == "fp32" for _, _, dtype in points) <= 10
+    assert {("pool", "fwd"), ("pool", "bwd")} <= {(kind, op) for kind, op, _ in points}
+    assert shapes.suite_members("all") == [m for m in shapes.suite_members("all") if m[0] != "quick"]
+
+
+def test_sweep_runs_only_the_picked_points(monkeypatch):
+    """A curated suite runs its picks, narrowed by the options; should_stop ends it between points."""
+    sweep = _load("sweep")
+    args = sweep.parse_args(["--suite", "quick", "--list", "--device", "cpu"])
+    args.dtypes = list(sweep.DTYPES)
+    assert args.graph  # quick times graph replays by default
+    visited = []
+    monkeypatch.setattr(sweep.Sweep, "point", lambda self, *point: visited.append(point))
+    env = dict(gpu="cpu")
+    sweep.Sweep(args, env, sink=None).run(sweep.members_of(args))
+    expected = {(p.shape.name, op, dtype, layout) for p in shapes.QUICK for op in p.ops for dtype in p.dtypes
+                for layout in p.layouts}
+    assert {(shape.name, op, dtype, layout) for _, shape, op, dtype, layout in visited} == expected
+    assert len(visited) == len(expected)
+    args.dtypes = ["bf16"]
+    visited.clear()
+    sweep.Sweep(args, env, sink=None, should_stop=lambda: len(visited) >= 3).run(sweep.members_of(args))
+    assert len(visited) == 3 and all(dtype == "bf16" for _, _, _, dtype, _ in visited)

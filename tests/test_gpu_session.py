@@ -1,0 +1,261 @@
+"""perf/gpu_session.py: the CPU smoke session end to end, a tiny time budget, and the parts
+that only a GPU machine runs, on made-up inputs (ncu's CSV, the autotuner record, the test
+selection, the summary)."""
+import csv
+import json
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from test_perf import PERF, ROOT, _load
+
+gpu_session = _load("gpu_session")
+pytest_stream = _load("pytest_stream")
+STAGES = [stage.name for stage in gpu_session.STAGES]
+
+
+def _session(out, *args):
+    start = time.time()
+    result = subprocess.run([sys.executable, str(PERF / "gpu_session.py"), "--device", "cpu", "--smoke",
+                             "--out", str(out), *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout, time.time() - start, json.loads((out / "session.json").read_text())
+
+
+def _printed_last(stdout, summary):
+    assert stdout.rstrip("\n").splitlines()[-len(summary):] == summary
+    assert len(summary) <= gpu_session.SUMMARY_MAX_LINES
+
+
+def test_cpu_smoke_session(tmp_path):
+    """Every stage runs on CPU through the interpreter; those that need CUDA say so."""
+    out = tmp_path / "out"
+    stdout, _, data = _session(out)
+    assert sorted(p.name for p in out.iterdir()) == ["lenet.csv", "overhead.csv", "quick.csv", "session.json",
+                                                     "session.log", "tests.csv"]
+    status = {name: stage["status"] for name, stage in data["stages"].items()}
+    assert status == dict(env="ok", tests="ok", quick="ok", overhead="ok", lenet="ok", autotune="skipped",
+                          ncu="skipped"), data["stages"]
+    assert data["stages"]["ncu"]["note"] == data["stages"]["autotune"]["note"] == "skipped: no CUDA"
+    assert data["finished"] and data["smoke"] and data["install"]["ran"] is False
+    assert (data["tests"]["passed"], data["tests"]["failed"], data["tests"]["not_run"]) == (1, 0, 0)
+    assert data["tests"]["skipped"] >= 1  # the gpu-marked test in the smoke selection
+    env = data["environment"]
+    assert env["torch"] == torch.__version__ and len(env["source_sha256"]) == 64
+    assert data["ceilings"]["copy_gbps"] > 0 and data["ceilings"]["matmul_tflops"] > 0
+    with open(out / "quick.csv", newline="") as f:
+        quick = list(csv.DictReader(f))
+    assert {r["provider"] for r in quick} == {"convtri", "torch-cpu"} and all(r["ok"] == "True" for r in quick)
+    assert all(r["ms_graph"] == "" for r in quick)  # no graphs without CUDA
+    assert "skipped: no CUDA" in stdout
+    _printed_last(stdout, data["summary"])
+    assert data["summary"][-1] in (out / "session.log").read_text()
+
+
+def test_tiny_budget_stops_in_time(tmp_path):
+    """With 8 s for everything, stages are cut or skipped, the run ends in time, and its files
+    are written all the same."""
+    budget = 8
+    stdout, elapsed, data = _session(tmp_path / "out", "--budget-s", str(budget))
+    assert elapsed < budget + 2, elapsed  # the session's own interpreter start-up on top
+    assert data["finished"] and data["elapsed_s"] <= budget
+    assert list(data["stages"]) == STAGES
+    assert {stage["status"] for stage in data["stages"].values()} & {"stopped", "skipped"}
+    assert (tmp_path / "out" / "session.log").exists()
+    _printed_last(stdout, data["summary"])
+
+
+# ----------------------------------------------------------------------------- GPU-only parts, faked
+
+NCU_RAW = '''==PROF== Connected to process 123
+"ID","Process ID","Kernel Name","gpu__time_duration.sum","sm__throughput.avg.pct_of_peak_sustained_elapsed","gpu__dram_throughput.avg.pct_of_peak_sustained_elapsed","launch__registers_per_thread"
+"","","","usecond","%","%","register/thread"
+"0","123","conv2d_fwd_kernel","1,234.567","45.5","12.25","168"
+"1","123","conv2d_wgrad_kernel","20","30","50","128"
+"2","123","max_pool2d_fwd_kernel","8","10","80.5","40"
+'''
+
+
+def test_ncu_rows_from_raw_csv():
+    rows = gpu_session.ncu_rows(NCU_RAW, "metrics")
+    assert [(r["case"], r["kernel"]) for r in rows] == [("vgg_fwd", "conv2d_fwd_kernel"),
+                                                         ("rn50_3x3_wgrad", "conv2d_wgrad_kernel"),
+                                                         ("stem_maxpool_fwd", "max_pool2d_fwd_kernel")]
+    first = rows[0]
+    assert first["duration_us"] == pytest.approx(1234.567) and first["sm_pct"] == 45.5 and first["registers"] == 168
+    assert first["tensor_gmma_pct"] is None  # not collected: left empty
+    assert gpu_session.ncu_rows("==ERROR== LibraryNotLoaded\n", "metrics") == []
+
+
+def _conv_row(op="fwd"):
+    return dict(provider="convtri", kind="conv", shape="vgg16_56_256to256", op=op, dtype="fp16", layout="nhwc")
+
+
+def test_autotune_record_from_triton_autotuner(tmp_path, monkeypatch):
+    """Without convtri._launch.autotune_record, a wrapper around Autotuner.run notes each key
+    benchmarked: the kernel, the key, the best config and every config's median time."""
+    from triton.runtime.autotuner import Autotuner
+    import convtri._launch
+    monkeypatch.delattr(convtri._launch, "autotune_record", raising=False)
+
+    def conv2d_fwd_kernel():
+        pass
+
+    def fake_run(tuner, *args, **kwargs):  # what Autotuner.run leaves behind after benchmarking a new key
+        if args[0] not in tuner.cache:
+            tuner.configs_timings = {"BLOCK_M: 64": [0.5, 0.4, 0.6], "BLOCK_M: 32": [float("inf")] * 3}
+            tuner.cache[args[0]] = "BLOCK_M: 64"
+    monkeypatch.setattr(Autotuner, "run", fake_run)
+    recorder = gpu_session.AutotuneRecorder(str(tmp_path / "autotune.json"))
+    tuner = SimpleNamespace(cache={}, base_fn=conv2d_fwd_kernel)
+    Autotuner.run(tuner, (32, 256, "torch.float16"))
+    recorder.on_row(_conv_row("fwd"))
+    Autotuner.run(tuner, (32, 256, "torch.float16"))  # cached: nothing new
+    recorder.on_row(_conv_row("dgrad"))
+    saved = json.loads((tmp_path / "autotune.json").read_text())
+    assert saved["source"] == "triton Autotuner.run wrapper"
+    first, second = saved["records"]
+    assert first == dict(point="vgg16_56_256to256 fwd fp16 nhwc", kernel="conv2d_fwd_kernel",
+                         key=[32, 256, "torch.float16"], best="BLOCK_M: 64",
+                         timings_ms={"BLOCK_M: 64": 0.5, "BLOCK_M: 32": None})
+    assert second["point"].endswith("dgrad fp16 nhwc") and "no new tuning" in second["note"]
+
+
+def test_autotune_record_from_convtri(tmp_path, monkeypatch):
+    """Where convtri provides autotune_record(), its records are taken, each once."""
+    import convtri._launch
+    record = dict(kernel="conv2d_wgrad_kernel", key=[1, 2], best="cfg", timings_ms={"cfg": 0.1})
+    monkeypatch.setattr(convtri._launch, "autotune_record", lambda: [record], raising=False)
+    recorder = gpu_session.AutotuneRecorder(str(tmp_path / "autotune.json"))
+    recorder.on_row(_conv_row("wgrad"))
+    recorder.on_row(_conv_row("wgrad"))
+    saved = json.loads((tmp_path / "autotune.json").read_text())
+    assert saved["source"] == "convtri._launch.autotune_record()"
+    assert saved["records"][0] == dict(record, point="vgg16_56_256to256 wgrad fp16 nhwc")
+    assert "no new tuning" in saved["records"][1]["note"]
+
+
+def _item(file, name, device=None, gpu=False, **params):
+    return SimpleNamespace(path=SimpleNamespace(name=file), originalname=name, name=name,
+                           callspec=SimpleNamespace(params=dict(params, **({"device": device} if device else {}))),
+                           get_closest_marker=lambda marker: object() if gpu and marker == "gpu" else None)
+
+
+def test_full_selection_on_cuda():
+    """Parity cases on CUDA first (low precision, then channels_last), then gpu-marked tests,
+    then float64 parity; CPU cases and the rest are not selected."""
+    rank = lambda item: pytest_stream.rank(item, "full", "cuda")
+    assert rank(_item("test_pool2d.py", "test_parity_low_precision", "cuda")) == 0
+    assert rank(_item("test_conv2d.py", "test_parity_low_precision", "cuda")) == 1
+    assert rank(_item("test_conv_transpose2d.py", "test_memory_formats_follow_torch", "cuda")) == 5
+    assert rank(_item("test_hardening.py", "test_second_gpu", gpu=True)) == 6
+    assert rank(_item("test_conv2d.py", "test_parity_float64", "cuda")) == 7
+    assert rank(_item("test_conv2d.py", "test_parity_low_precision", "cpu")) is None
+    assert rank(_item("test_conv2d.py", "test_gradcheck", "cuda")) is None
+    smoke = _item("test_pool2d.py", "test_parity_low_precision", "cpu", op="max", dtype=torch.float32)
+    assert pytest_stream.rank(smoke, "smoke", "cpu") == 0
+    assert pytest_stream.rank(_item("test_pool2d.py", "test_parity_low_precision", "cpu", op="avg",
+                                    dtype=torch.float32), "smoke", "cpu") is None
+
+
+def test_counts_take_each_tests_worst_outcome():
+    rows = [dict(nodeid="a", outcome="passed"), dict(nodeid="b", outcome="failed"),
+            dict(nodeid="c", outcome="passed"), dict(nodeid="c", outcome="error"),  # a teardown error
+            dict(nodeid="d", outcome="skipped")]
+    counts = gpu_session.count_outcomes(rows, selected=["a", "b", "c", "d", "e", "f"])
+    assert (counts["passed"], counts["failed"], counts["error"], counts["skipped"]) == (1, 1, 1, 1)
+    assert counts["not_run"] == 2 and counts["failures"] == ["b", "c"]
+
+
+def test_summary_fits_in_60_lines(tmp_path):
+    """A GPU-shaped session with many failures and every table full still prints at most 60
+    lines, with the speedups per op and dtype, the overhead table and the lenet modes."""
+    def write(name, rows):
+        with open(tmp_path / name, "w", newline="") as f:
+            writer = csv.DictWriter(f, list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    quick = []
+    for kind, ops in (("conv", ("fwd", "dgrad", "wgrad")), ("pool", ("fwd", "bwd"))):
+        for op in ops:
+            for dtype in ("fp16", "bf16", "fp32"):
+                for provider, speedup in (("cudnn", 1.0), ("convtri", 0.25)):
+                    quick.append(dict(provider=provider, baseline="cudnn", kind=kind, op=op, dtype=dtype,
+                                      tf32=str(dtype == "fp32"), ok="True", speedup=speedup, speedup_graph=0.5,
+                                      host_us=150 if provider == "convtri" else 8))
+    write("quick.csv", quick)
+    write("overhead.csv", [dict(op=op, mode=mode, provider=provider, us=10.0, launches=2, **{"pass": p})
+                           for op in ("conv2d", "conv_transpose2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d")
+                           for p in ("fwd", "bwd", "fwdbwd") for mode in ("eager", "graph", "meta")
+                           for provider in ("convtri", "torch")])
+    write("lenet.csv", [dict(variant=v, mode=m, examples_per_s=1e5, vs_torch_eager=1.5, note="")
+                        for v in ("d2l", "modern") for m in ("torch-eager", "ours-eager", "ours-graph")])
+    data = dict(budget_s=480, elapsed_s=470, environment=dict(gpu="NVIDIA H200", sm_count=132),
+                ceilings=dict(copy_gbps=4300, matmul_tflops=790), stages={s: dict(status="ok", seconds=1) for s in STAGES},
+                tests=dict(select="full on cuda", passed=100, failed=30, failures=[f"tests/t.py::f[{i}]" for i in range(30)],
+                           selected=140, not_run=10),
+                ncu=dict(status="ok", kernels=[dict(case="vgg_fwd", kernel="conv2d_fwd_kernel", duration_us=900,
+                                                    sm_pct=40, dram_pct=10, tensor_gmma_pct=30, tensor_hmma_pct=0)]),
+                files=["quick.csv"])
+    lines = gpu_session.summary_lines(data, str(tmp_path))
+    text = "\n".join(lines)
+    assert len(lines) <= 60, text
+    for expected in ("conv wgrad fp16", "pool bwd bf16", "conv fwd fp32/tf32", "0.25x", "0.5x", "conv_transpose2d bwd",
+                     "ours-graph 100000 (1.5x)", "4300 GB/s", "790 TFLOP/s", "30 failed", "... and 24 more", "vgg_fwd"):
+        assert expected in text, (expected, text)
+
+
+def test_plot_session_folder(tmp_path):
+    """perf/plot.py --session turns a GPU-shaped session folder (made-up numbers, test data
+    only) into the results folder: its files, plots and a README with every table. Rows
+    without the graph columns (an older CSV) read as unmeasured."""
+    from test_perf import PNG_MAGIC, _gpu_rows
+    sweep, rows = _gpu_rows()
+    plot = _load("plot")
+    folder = tmp_path / "session"
+    folder.mkdir()
+    with sweep.CsvWriter(folder / "quick.csv") as sink:
+        for i, row in enumerate(rows):
+            graph = dict(ms_graph=row["ms"] / 2, speedup_graph=2 * row["speedup"], host_us=row["ms"] * 500) if i % 2 else {}
+            sink(dict(row, suite="quick", **graph))
+
+    def write(name, table):
+        with open(folder / name, "w", newline="") as f:
+            writer = csv.DictWriter(f, list(table[0]))
+            writer.writeheader()
+            writer.writerows(table)
+    write("overhead.csv", [dict(op="conv2d", mode=mode, provider=provider, us=us, ratio=3.0 if provider == "convtri" else 1,
+                                launches=3 if provider == "convtri" else 1, **{"pass": "bwd"})
+                           for mode in ("eager", "graph") for provider, us in (("convtri", 90.0), ("torch", 30.0))])
+    write("lenet.csv", [dict(variant="d2l", mode=m, examples_per_s=v, step_ms=1.0, vs_torch_eager=v and v / 2e5, note=n)
+                        for m, v, n in (("torch-eager", 2e5, ""), ("ours-eager", 5e4, ""), ("torch-compile", "", "failed: X"))])
+    write("tests.csv", [dict(nodeid="tests/test_conv2d.py::test_x[cuda]", outcome="failed", when="call", seconds=1,
+                             message="boom")])
+    write("ncu.csv", [dict(case="vgg_fwd", kernel="conv2d_fwd_kernel", duration_us=900, sm_pct=40, dram_pct=10,
+                           tensor_gmma_pct=30, tensor_hmma_pct=0, warps_active_pct=20, registers=168)])
+    record = dict(point="vgg16_56_256to256 fwd fp16 nhwc", kernel="conv2d_fwd_kernel", key=[32], best="BLOCK_M: 64",
+                  timings_ms={"BLOCK_M: 64": 0.5, "BLOCK_M: 32": 0.9})
+    session = dict(command="python3 perf/gpu_session.py --out x", started="2026-01-01T00:00:00+00:00", budget_s=480,
+                   elapsed_s=470, smoke=False, summary=["SUMMARY line"], stages={"env": dict(status="ok", seconds=9)},
+                   environment=dict(gpu="NVIDIA H200", slug="nvidia-h200", commit="0" * 40, sm_count=132),
+                   ceilings=dict(copy_gbps=4300, matmul_tflops=790, matmul="bfloat16 8192^3 matmul"),
+                   tests=dict(select="full on cuda", passed=10, failed=1, failures=["tests/test_conv2d.py::test_x[cuda]"]),
+                   autotune=dict(source="triton Autotuner.run wrapper", records=[record]))
+    (folder / "session.json").write_text(json.dumps(session))
+    out = tmp_path / "results"
+    plot.main(["--session", str(folder), "--out-dir", str(out)])
+    for png in ("speedup_quick.png", "graph_speedup.png", "roofline.png", "summary.png", "overhead.png",
+                "lenet_step.png"):
+        assert (out / png).read_bytes()[:8] == PNG_MAGIC, png
+    assert {"session.json", "quick.csv", "overhead.csv", "lenet.csv", "tests.csv", "ncu.csv"} <= {p.name for p in out.iterdir()}
+    readme = (out / "README.md").read_text()
+    for expected in ("# convtri GPU session: NVIDIA H200", "SUMMARY line", "4300 GB/s", "790 TFLOP/s",
+                     "FAILED `tests/test_conv2d.py::test_x[cuda]`", "Graph replay:", "| conv2d | bwd | eager | 90.0 | 30.0 | 3.00 | 3 / 1 |",
+                     "| d2l | torch-compile | - |", "| vgg16_56_256to256 fwd fp16 nhwc | conv2d_fwd_kernel | BLOCK_M: 64 | 2 | 0.5000 | 0.9000 |",
+                     "| vgg_fwd | conv2d_fwd_kernel | 900 | 40 | 10 | 30 |"):
+        assert expected in readme, expected
+    assert "SMOKE" not in readme
