@@ -6,6 +6,7 @@ calling one allocates its outputs and launches. conv2d and conv_transpose2d (con
 convtri/conv_transpose2d.py) build their plans from them: a transposed convolution's forward
 is conv2d's input gradient, and its gradients are conv2d's forward and weight gradient.
 """
+import math
 from dataclasses import dataclass
 
 import torch
@@ -65,6 +66,13 @@ def _elementwise_block(t):
     return {"BLOCK": ELEMENTWISE_BLOCK_CPU if is_interpreted(t) else ELEMENTWISE_BLOCK_CUDA}
 
 
+def _even_blocks(t, channels, blocks):
+    """Whether every channel block of the reduction is whole: BLOCK_K divides ``channels``,
+    for the interpreter's block on CPU and for every autotune config on CUDA (their BLOCK_K
+    are powers of two up to MAX_BLOCK_K)."""
+    return channels % (blocks["BLOCK_K"] if is_interpreted(t) else kernels.MAX_BLOCK_K) == 0
+
+
 def _gemm_blocks(t, rows, columns, reduction, **extra):
     """Interpreter tiles of a GEMM (CUDA autotunes them): as wide as Triton allows."""
     block_n, block_k = block(columns, INTERPRETER_CHANNELS), block(reduction, INTERPRETER_REDUCTION)
@@ -91,12 +99,12 @@ class Forward:
                              groups)
         flat = _flat_taps(c // groups)
         blocks = _gemm_blocks(x, n * p * q, k // groups, c // groups * (r * s if flat else 1), GROUP_M=1)
-        scalars = (n, c, h, wd, k, p, q, r, s, groups, *x.stride(), *w.stride(), *self.y.stride,
+        scalars = (n, c // groups, h, wd, k // groups, p, q, r, s, groups, *x.stride(), *w.stride(), *self.y.stride,
                    b.stride(0) if b is not None else 0, *geom.stride, top, left, *geom.dilation)
         return Launch(kernels.conv2d_fwd_kernel, grid, scalars, blocks,
                       (kernels.conv2d_fwd_configs, kernels.CONV_KEY, kernels.conv2d_fwd_prune),
                       HAS_BIAS=b is not None, PAD_MODE=geom.pad_mode, FLAT_TAPS=flat, PRECISION=dot_precision(x),
-                      UPCAST=dot_upcast(x))
+                      UPCAST=dot_upcast(x), EVEN_BLOCKS=not flat and _even_blocks(x, c // groups, blocks))
 
     def __call__(self, x, w, b):
         y = self.y()
@@ -144,11 +152,13 @@ class Dgrad:
                              groups, sh * sw)
         flat = _flat_taps(k // groups)
         blocks = _gemm_blocks(dy, rows, c // groups, k // groups * (r * s if flat else 1))
-        scalars = (n, c, h, wd, k, p, q, r, s, groups, *dy.stride(), *w.stride(), *dx.stride,
-                   bias.stride(0) if bias is not None else 0, sh, sw, top, left, *geom.dilation)
+        scalars = (n, c // groups, h, wd, k // groups, p, q, r, s, groups, *dy.stride(), *w.stride(), *dx.stride,
+                   bias.stride(0) if bias is not None else 0, sh, sw, top, left, *geom.dilation,
+                   *(stride // math.gcd(stride, dil) for stride, dil in zip(geom.stride, geom.dilation)))
         return Launch(kernels.conv2d_dgrad_kernel, grid, scalars, blocks,
                       (kernels.conv2d_dgrad_configs, kernels.DGRAD_KEY, kernels.conv2d_dgrad_prune),
-                      HAS_BIAS=bias is not None, FLAT_TAPS=flat, PRECISION=dot_precision(dy), UPCAST=dot_upcast(dy))
+                      HAS_BIAS=bias is not None, FLAT_TAPS=flat, PRECISION=dot_precision(dy), UPCAST=dot_upcast(dy),
+                      EVEN_BLOCKS=not flat and _even_blocks(dy, k // groups, blocks))
 
     def __call__(self, dy, w, bias=None):
         dx = self.dx()
@@ -219,14 +229,15 @@ class Wgrad:
                              * (taps * triton.cdiv(columns, meta["BLOCK_N"]) if tiles_w else 1), splits, groups)
         block_m, block_n = block(k // groups, INTERPRETER_CHANNELS), block(columns, INTERPRETER_CHANNELS)
         blocks = dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=_rows_block(rows, block_m, block_n))
-        scalars = (n, c, h, wd, k, p, q, r, s, groups, splits, *x.stride(), *dy.stride(), *dw_strides, *db_strides,
+        scalars = (n, c // groups, h, wd, k // groups, p, q, r, s, groups, splits, *x.stride(), *dy.stride(), *dw_strides,
+                   *db_strides,
                    *geom.stride, top, left, *geom.dilation)
         # an empty reduction (no rows) writes zeros
         self.launch = Launch(
             kernels.conv2d_wgrad_kernel, grid, scalars, blocks,
             (kernels.conv2d_wgrad_configs, kernels.CONV_KEY, kernels.conv2d_wgrad_prune),
             WEIGHT_GRAD=tiles_w, BIAS_GRAD=bias_grad, PAD_MODE=geom.pad_mode, FLAT_TAPS=flat,
-            PRECISION=dot_precision(x), UPCAST=dot_upcast(x))
+            PRECISION=dot_precision(x), UPCAST=dot_upcast(x), Q_POW2=triton.next_power_of_2(q))
         self.sums = [_sum_splits(part, out, x) if part is not None else None for part, out in zip(self.parts,
                                                                                                  (self.dw, self.db))]
 

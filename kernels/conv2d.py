@@ -69,10 +69,41 @@ def dot_accumulate(acc, a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
+def next_block(c0, s, r, C, S, BLOCK: tl.constexpr):
+    """The next step of a mixed-radix counter (r, s, c0): c0 advances by BLOCK below C, then
+    s below S, then r. Reductions over (r, s, blocks of C channels) step with it, as scalar
+    counters instead of a division per step."""
+    c0 += BLOCK
+    next_tap = c0 >= C
+    c0 = tl.where(next_tap, 0, c0)
+    s = tl.where(next_tap, s + 1, s)
+    next_row = s >= S
+    s = tl.where(next_row, 0, s)
+    r = tl.where(next_row, r + 1, r)
+    return c0, s, r
+
+
+@triton.jit
+def phase_taps(phase, pad, dil, conv_stride, tap_step, R):
+    """The kernel taps r < R that land on input rows h = phase (mod conv_stride), as dgrad
+    needs them: (phase + pad - r*dil) % conv_stride == 0. They are r_first, r_first + tap_step,
+    ... with tap_step = conv_stride / gcd(conv_stride, dil). Returns r_first, how many there
+    are, and the output row offset of r_first's tap, (phase + pad - r_first*dil) / conv_stride."""
+    lift = conv_stride * R * dil  # a multiple of conv_stride that keeps % and // on numbers >= 0
+    first = tl.full([], -1, tl.int32)
+    for t in range(0, tap_step):
+        hit = ((phase + pad - t * dil + lift) % conv_stride == 0) & (first < 0)
+        first = tl.where(hit, t, first)
+    count = tl.where((first >= 0) & (first < R), tl.cdiv(R - first, tap_step), 0)
+    row = (phase + pad - first * dil + lift) // conv_stride - R * dil
+    return first, count, row
+
+
+@triton.jit
 def conv2d_fwd_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr,
-    # sizes
-    N, C, H, W, K, P, Q, R, S, GROUPS,
+    # sizes (C_G and K_G: input and output channels per group)
+    N, C_G, H, W, K_G, P, Q, R, S, GROUPS,
     # strides
     stride_xn, stride_xc, stride_xh, stride_xw,
     stride_wk, stride_wc, stride_wr, stride_ws,
@@ -82,7 +113,7 @@ def conv2d_fwd_kernel(
     conv_stride_h, conv_stride_w, pad_h, pad_w, dil_h, dil_w,
     # flags
     HAS_BIAS: tl.constexpr, PAD_MODE: tl.constexpr, FLAT_TAPS: tl.constexpr, PRECISION: tl.constexpr,
-    UPCAST: tl.constexpr,
+    UPCAST: tl.constexpr, EVEN_BLOCKS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     """y[n, k, p, q] = b[k] + sum_{c, r, s} x[n, c, h(p, r), w(q, s)] * w[k, c, r, s].
@@ -90,12 +121,11 @@ def conv2d_fwd_kernel(
     Implicit GEMM per group: M = N*P*Q output pixels, N = K/GROUPS output channels,
     reduced over (C/GROUPS)*R*S in the order (r, s, then channel blocks), or, with FLAT_TAPS
     (few channels), along one axis over (r, s, c) so that a block spans several taps.
+    EVEN_BLOCKS: BLOCK_K divides C/GROUPS, so channel blocks need no mask.
     One program computes a BLOCK_M x BLOCK_N tile of y for one group.
     Grid: (cdiv(N*P*Q, BLOCK_M) * cdiv(K/GROUPS, BLOCK_N), GROUPS), tiles in GROUP_M order.
     x: (N, C, H, W), w: (K, C/GROUPS, R, S), b: (K,), y: (N, K, P, Q).
     """
-    C_G = C // GROUPS
-    K_G = K // GROUPS
     M = N * P * Q
     tiles_m = tl.cdiv(M, BLOCK_M)
     tiles_n = tl.cdiv(K_G, BLOCK_N)
@@ -140,20 +170,20 @@ def conv2d_fwd_kernel(
             b = tl.load(w_row[None, :] + w_tap[:, None], mask=t_ok[:, None] & k_ok[None, :], other=0.)
             acc = dot_accumulate(acc, a, b, PRECISION, UPCAST)
     else:
-        c_blocks = tl.cdiv(C_G, BLOCK_K)
-        for step in range(0, R * S * c_blocks):  # one loop over (r, s, channel block) pipelines best
-            rs = step // c_blocks
-            r = rs // S
-            s = rs % S
+        c0 = tl.full([], 0, tl.int32)
+        s = tl.full([], 0, tl.int32)
+        r = tl.full([], 0, tl.int32)
+        for _ in range(0, R * S * tl.cdiv(C_G, BLOCK_K)):  # one loop over (r, s, channel block) pipelines best
             x_pix, tap_ok = window_taps(x_corner, h0, w0, r * dil_h, s * dil_w, H, W, stride_xh, stride_xw, PAD_MODE)
             pix_ok = m_ok & tap_ok
             w_rs = w_row + r * stride_wr + s * stride_ws
-            c = (step % c_blocks) * BLOCK_K + offs_c
-            c_ok = c < C_G
+            c = c0 + offs_c
+            c_ok = (c < C_G) | EVEN_BLOCKS  # EVEN_BLOCKS: a constant True, no mask to compute
             a = tl.load(x_pix[:, None] + c.to(tl.int64)[None, :] * stride_xc, mask=pix_ok[:, None] & c_ok[None, :],
                         other=0.)
             b = tl.load(w_rs[None, :] + c[:, None] * stride_wc, mask=c_ok[:, None] & k_ok[None, :], other=0.)
             acc = dot_accumulate(acc, a, b, PRECISION, UPCAST)
+            c0, s, r = next_block(c0, s, r, C_G, S, BLOCK_K)
 
     if HAS_BIAS:
         bias = tl.load(b_ptr + k_abs * stride_b, mask=k_ok, other=0.)
@@ -166,17 +196,18 @@ def conv2d_fwd_kernel(
 @triton.jit
 def conv2d_dgrad_kernel(
     dy_ptr, w_ptr, b_ptr, dx_ptr,
-    # sizes
-    N, C, H, W, K, P, Q, R, S, GROUPS,
+    # sizes (C_G and K_G: input and output channels per group)
+    N, C_G, H, W, K_G, P, Q, R, S, GROUPS,
     # strides
     stride_dyn, stride_dyk, stride_dyp, stride_dyq,
     stride_wk, stride_wc, stride_wr, stride_ws,
     stride_dxn, stride_dxc, stride_dxh, stride_dxw,
     stride_b,
-    # conv parameters
-    conv_stride_h, conv_stride_w, pad_h, pad_w, dil_h, dil_w,
+    # conv parameters; tap_step: conv_stride / gcd(conv_stride, dil), the spacing of one phase's taps
+    conv_stride_h, conv_stride_w, pad_h, pad_w, dil_h, dil_w, tap_step_h, tap_step_w,
     # flags
     HAS_BIAS: tl.constexpr, FLAT_TAPS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    EVEN_BLOCKS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """dx[n, c, h, w] = b[c] + sum_{k, r, s} dy[n, k, p, q] * w[k, c, r, s] over h = p*stride - pad + r*dil.
@@ -189,12 +220,11 @@ def conv2d_dgrad_kernel(
     Implicit GEMM per (group, phase): M = N*cdiv(H, sh)*cdiv(W, sw) input pixels,
     N = C/GROUPS input channels, reduced over (K/GROUPS)*R*S: tap by tap, or with FLAT_TAPS
     (few output channels) along one axis over (r, s, k), masking the taps of other phases.
+    EVEN_BLOCKS: BLOCK_K divides K/GROUPS, so channel blocks need no mask.
     One program computes a BLOCK_M x BLOCK_N tile of dx.
     Grid: (cdiv(M, BLOCK_M) * cdiv(C/GROUPS, BLOCK_N), GROUPS, conv_stride_h * conv_stride_w).
     dy: (N, K, P, Q), w: (K, C/GROUPS, R, S), b: (C,), dx: (N, C, H, W).
     """
-    C_G = C // GROUPS
-    K_G = K // GROUPS
     H_PH = tl.cdiv(H, conv_stride_h)  # rows per phase, at most
     W_PH = tl.cdiv(W, conv_stride_w)
     M = N * H_PH * W_PH
@@ -245,26 +275,29 @@ def conv2d_dgrad_kernel(
             b = tl.load(w_col[None, :] + w_tap[:, None], mask=t_ok[:, None] & c_ok[None, :], other=0.)
             acc = dot_accumulate(acc, a, b, PRECISION, UPCAST)
     else:
+        # one loop over (this phase's taps, channel blocks) with scalar counters
+        r_first, r_count, p_first = phase_taps(phase_h, pad_h, dil_h, conv_stride_h, tap_step_h, R)
+        s_first, s_count, q_first = phase_taps(phase_w, pad_w, dil_w, conv_stride_w, tap_step_w, S)
+        p_step = tap_step_h * dil_h // conv_stride_h  # dy rows between two taps of the phase
+        q_step = tap_step_w * dil_w // conv_stride_w
         dy_block_k = offs_k.to(tl.int64)[None, :] * stride_dyk
-        for rs in range(0, R * S):
-            r = rs // S
-            s = rs % S
-            top = phase_h + pad_h - r * dil_h + lift_h  # (h + pad_h - r*dil_h) for i = 0, lifted
-            left = phase_w + pad_w - s * dil_w + lift_w
-            if (top % conv_stride_h == 0) & (left % conv_stride_w == 0):
-                # this tap reads dy rows p = i + (top // conv_stride_h - R * dil_h), likewise q
-                dy_pix, tap_ok = window_taps(dy_corner, i, j, top // conv_stride_h - R * dil_h,
-                                             left // conv_stride_w - S * dil_w, P, Q, stride_dyp, stride_dyq, 0)
-                row_ok = pix_ok & tap_ok
-                w_rs = w_col + r * stride_wr + s * stride_ws
-                for k0 in range(0, K_G, BLOCK_K):
-                    k = k0 + offs_k
-                    k_ok = k < K_G
-                    dy_k = dy_pix + tl.full([], k0, tl.int64) * stride_dyk  # 64-bit channel offsets
-                    a = tl.load(dy_k[:, None] + dy_block_k, mask=row_ok[:, None] & k_ok[None, :], other=0.)
-                    b = tl.load(w_rs[None, :] + k[:, None].to(tl.int64) * stride_wk,
-                                mask=k_ok[:, None] & c_ok[None, :], other=0.)
-                    acc = dot_accumulate(acc, a, b, PRECISION, UPCAST)
+        k0 = tl.full([], 0, tl.int32)
+        sv = tl.full([], 0, tl.int32)
+        rv = tl.full([], 0, tl.int32)
+        for _ in range(0, r_count * s_count * tl.cdiv(K_G, BLOCK_K)):
+            # tap (r, s) reads dy rows p = i + p_first - rv * p_step, likewise q
+            dy_pix, tap_ok = window_taps(dy_corner, i, j, p_first - rv * p_step, q_first - sv * q_step, P, Q,
+                                         stride_dyp, stride_dyq, 0)
+            row_ok = pix_ok & tap_ok
+            w_rs = w_col + (r_first + rv * tap_step_h) * stride_wr + (s_first + sv * tap_step_w) * stride_ws
+            k = k0 + offs_k
+            k_ok = (k < K_G) | EVEN_BLOCKS  # EVEN_BLOCKS: a constant True, no mask to compute
+            dy_k = dy_pix + k0.to(tl.int64) * stride_dyk  # 64-bit channel offsets
+            a = tl.load(dy_k[:, None] + dy_block_k, mask=row_ok[:, None] & k_ok[None, :], other=0.)
+            b = tl.load(w_rs[None, :] + k[:, None].to(tl.int64) * stride_wk, mask=k_ok[:, None] & c_ok[None, :],
+                        other=0.)
+            acc = dot_accumulate(acc, a, b, PRECISION, UPCAST)
+            k0, sv, rv = next_block(k0, sv, rv, K_G, s_count, BLOCK_K)
 
     dx_pix = dx_ptr + n.to(tl.int64) * stride_dxn + h.to(tl.int64) * stride_dxh + w.to(tl.int64) * stride_dxw
     dx_ptrs = dx_pix[:, None] + (g * C_G + offs_c).to(tl.int64)[None, :] * stride_dxc
@@ -274,8 +307,8 @@ def conv2d_dgrad_kernel(
 @triton.jit
 def conv2d_wgrad_kernel(
     x_ptr, dy_ptr, dw_ptr, db_ptr,
-    # sizes
-    N, C, H, W, K, P, Q, R, S, GROUPS, SPLIT,
+    # sizes (C_G and K_G: input and output channels per group)
+    N, C_G, H, W, K_G, P, Q, R, S, GROUPS, SPLIT,
     # strides (dw and db: per slice of the reduction first)
     stride_xn, stride_xc, stride_xh, stride_xw,
     stride_dyn, stride_dyk, stride_dyp, stride_dyq,
@@ -283,9 +316,9 @@ def conv2d_wgrad_kernel(
     stride_db_split, stride_db,
     # conv parameters
     conv_stride_h, conv_stride_w, pad_h, pad_w, dil_h, dil_w,
-    # flags
+    # flags; Q_POW2: next_power_of_2(Q)
     WEIGHT_GRAD: tl.constexpr, BIAS_GRAD: tl.constexpr, PAD_MODE: tl.constexpr, FLAT_TAPS: tl.constexpr,
-    PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr, Q_POW2: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """Weight and/or bias gradients over one of SPLIT slices of the N*P*Q reduction.
@@ -294,6 +327,10 @@ def conv2d_wgrad_kernel(
     db[split, k] = sum_{(n, p, q) in slice} dy[n, k, p, q]  (BIAS_GRAD only)
     GEMM per (group, r, s): M = K/GROUPS, N = C/GROUPS, reduced over the slice; with FLAT_TAPS
     (few channels) one GEMM per group whose N axis runs over (r, s, c), c fastest.
+    A reduction step takes BLOCK_K rows as a block of BLOCK_K / BLOCK_Q output rows p by
+    BLOCK_Q = min(Q_POW2, BLOCK_K) columns q of one image: a row's offsets are the block's
+    (scalar) plus its place in the block (fixed), so no row index is divided or carried.
+    The slices split the steps over (n, p block, q block).
     One program computes a BLOCK_M x BLOCK_N tile for one (r, s, slice, group); the programs
     with the first column tile at r = s = 0 also reduce dy for the bias.
     Grid: (cdiv(K/GROUPS, BLOCK_M) * cdiv(C/GROUPS, BLOCK_N) * R*S, SPLIT, GROUPS), with FLAT_TAPS
@@ -303,8 +340,6 @@ def conv2d_wgrad_kernel(
     SPLIT = 1 they are the gradients themselves (split stride 0, any layout and dtype); else
     fp32 partials (fp64 for fp64) that ``conv2d_sum_splits_kernel`` finishes.
     """
-    C_G = C // GROUPS
-    K_G = K // GROUPS
     tiles_m = tl.cdiv(K_G, BLOCK_M)
     tiles_n = tl.cdiv(R * S * C_G, BLOCK_N) if FLAT_TAPS else tl.cdiv(C_G, BLOCK_N)
     pid = tl.program_id(0)
@@ -313,10 +348,6 @@ def conv2d_wgrad_kernel(
     rs = pid // (tiles_m * tiles_n)  # always 0 with FLAT_TAPS
     g = tl.program_id(2)
     split = tl.program_id(1)
-    NPQ = N * P * Q
-    chunk = tl.cdiv(NPQ, SPLIT)
-    start = split * chunk
-    end = tl.minimum(start + chunk, NPQ)
 
     offs_k = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     k_ok = offs_k < K_G
@@ -331,41 +362,68 @@ def conv2d_wgrad_kernel(
         offs_c = cols
         col_rs = tl.zeros_like(cols) + rs
     c_abs = g * C_G + offs_c
-    r = rs // S
-    s = rs % S
+    tap_dh = (rs // S) * dil_h
+    tap_dw = (rs % S) * dil_w
     col_dh = (col_rs // S) * dil_h
     col_dw = (col_rs % S) * dil_w
+
+    # the steps over (n, p block, q block) of this slice
+    BLOCK_Q: tl.constexpr = Q_POW2 if Q_POW2 < BLOCK_K else BLOCK_K
     offs_j = tl.arange(0, BLOCK_K)
+    ip = offs_j // BLOCK_Q  # the row's place in a block
+    iq = offs_j % BLOCK_Q
+    q_blocks = tl.cdiv(Q, BLOCK_Q)
+    p_blocks = tl.cdiv(P, BLOCK_K // BLOCK_Q)
+    steps = N * p_blocks * q_blocks
+    chunk = tl.cdiv(steps, SPLIT)
+    start = split * chunk
+    qb = start % q_blocks
+    pb = (start // q_blocks) % p_blocks
+    n = start // (q_blocks * p_blocks)
+    dy_in_block = ip.to(tl.int64) * stride_dyp + iq.to(tl.int64) * stride_dyq
+    h_in_block = ip * conv_stride_h
+    w_in_block = iq * conv_stride_w
 
     ACC_TYPE = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_TYPE)
     db_acc = tl.zeros((BLOCK_M,), dtype=ACC_TYPE)
-    for j0 in range(start, end, BLOCK_K):
-        j = j0 + offs_j
-        j_ok = j < end
-        n = j // (P * Q)
-        p = (j // Q) % P
-        q = j % Q
-        dy_pix = dy_ptr + n.to(tl.int64) * stride_dyn + p.to(tl.int64) * stride_dyp + q.to(tl.int64) * stride_dyq
-        a = tl.load(dy_pix[None, :] + k_abs.to(tl.int64)[:, None] * stride_dyk, mask=k_ok[:, None] & j_ok[None, :],
-                    other=0.)
+    for _ in range(start, tl.minimum(start + chunk, steps)):
+        p0 = pb * (BLOCK_K // BLOCK_Q)
+        q0 = qb * BLOCK_Q
+        row_ok = (ip < P - p0) & (iq < Q - q0)
+        dy_block = dy_ptr + (n.to(tl.int64) * stride_dyn + p0.to(tl.int64) * stride_dyp
+                             + q0.to(tl.int64) * stride_dyq)
+        a = tl.load((dy_block + dy_in_block)[None, :] + k_abs.to(tl.int64)[:, None] * stride_dyk,
+                    mask=k_ok[:, None] & row_ok[None, :], other=0.)
         if WEIGHT_GRAD:
-            h0 = p * conv_stride_h - pad_h
-            w0 = q * conv_stride_w - pad_w
-            x_corner = window_corner(x_ptr + n.to(tl.int64) * stride_xn, h0, w0, stride_xh, stride_xw, PAD_MODE)
+            h0 = p0 * conv_stride_h - pad_h  # the block's first window corner
+            w0 = q0 * conv_stride_w - pad_w
+            x_img = x_ptr + n.to(tl.int64) * stride_xn
             if FLAT_TAPS:  # a tap per column
-                x_pix, tap_ok = window_taps(x_corner[:, None], h0[:, None], w0[:, None], col_dh[None, :],
-                                            col_dw[None, :], H, W, stride_xh, stride_xw, PAD_MODE)
-                x_mask = j_ok[:, None] & tap_ok & col_ok[None, :]
+                h = h0 + h_in_block
+                w = w0 + w_in_block
+                x_corner = window_corner(x_img, h, w, stride_xh, stride_xw, PAD_MODE)
+                if PAD_MODE == 0:  # per row (other modes: the image)
+                    x_corner = x_corner[:, None]
+                x_pix, tap_ok = window_taps(x_corner, h[:, None], w[:, None], col_dh[None, :], col_dw[None, :], H, W,
+                                            stride_xh, stride_xw, PAD_MODE)
+                x_mask = row_ok[:, None] & tap_ok & col_ok[None, :]
             else:  # one tap for the whole tile
-                x_pix, tap_ok = window_taps(x_corner, h0, w0, r * dil_h, s * dil_w, H, W, stride_xh, stride_xw,
-                                            PAD_MODE)
+                h = h0 + tap_dh + h_in_block
+                w = w0 + tap_dw + w_in_block
+                if PAD_MODE == 0:  # the block's corner plus the row's fixed offset within it
+                    x_pix = x_img + ((h0 + tap_dh).to(tl.int64) * stride_xh + (w0 + tap_dw).to(tl.int64) * stride_xw
+                                     + (h_in_block.to(tl.int64) * stride_xh + w_in_block.to(tl.int64) * stride_xw))
+                    tap_ok = (h >= 0) & (h < H) & (w >= 0) & (w < W)
+                else:
+                    x_pix, tap_ok = window_taps(x_img, h, w, 0, 0, H, W, stride_xh, stride_xw, PAD_MODE)
                 x_pix = x_pix[:, None]
-                x_mask = (j_ok & tap_ok)[:, None] & col_ok[None, :]
+                x_mask = (row_ok & tap_ok)[:, None] & col_ok[None, :]
             b = tl.load(x_pix + c_abs.to(tl.int64)[None, :] * stride_xc, mask=x_mask, other=0.)
             acc = dot_accumulate(acc, a, b, PRECISION, UPCAST)
         if BIAS_GRAD:
             db_acc += tl.sum(a.to(ACC_TYPE), axis=1)
+        qb, pb, n = next_block(qb, pb, n, q_blocks, p_blocks, 1)
 
     if WEIGHT_GRAD:
         dw_slice = dw_ptr + split.to(tl.int64) * stride_dw_split
@@ -452,9 +510,11 @@ def pad_fold_kernel(
 # ---------------------------------------------------------------------------------------
 # Autotune configs (CUDA). Keys hold only what changes the best config: the problem shape.
 # ---------------------------------------------------------------------------------------
-CONV_KEY = ("N", "C", "H", "W", "K", "P", "Q", "R", "S", "GROUPS")
+CONV_KEY = ("N", "C_G", "H", "W", "K_G", "P", "Q", "R", "S", "GROUPS")
 DGRAD_KEY = CONV_KEY + ("HAS_BIAS",)  # with a bias (conv_transpose2d) fewer configs are allowed
 
+
+MAX_BLOCK_K = 64  # the largest BLOCK_K of any config below; all are powers of two
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps). Tiles stop at 64 rows, and 4-warp tiles at
 # BLOCK_K = 16: beyond, the per-row index vectors (n, p, q, masks, 64-bit bases), replicated
@@ -520,11 +580,11 @@ def _prune_to_problem(m_arg, n_arg, k_arg, limits):
 
 
 def _c_per_group(a):
-    return a["C"] // a["GROUPS"]
+    return a["C_G"]
 
 
 def _k_per_group(a):
-    return a["K"] // a["GROUPS"]
+    return a["K_G"]
 
 
 def conv2d_fwd_configs(capability):
