@@ -83,6 +83,21 @@ def format_strides(size, fmt):
     return tuple(reversed(strides))
 
 
+class Spec:
+    """A tensor's sizes, strides, dtype and device without data: what a launch is built from
+    (``torch.Tensor`` serves as well)."""
+    __slots__ = ("shape", "strides", "dtype", "device")
+
+    def __init__(self, shape, strides, dtype, device):
+        self.shape, self.strides, self.dtype, self.device = torch.Size(shape), tuple(strides), dtype, device
+
+    def stride(self, dim=None):
+        return self.strides if dim is None else self.strides[dim]
+
+    def element_size(self):
+        return self.dtype.itemsize
+
+
 class Output:
     """How a launch's output is allocated: its size and strides (those of memory format
     ``fmt`` unless given), dtype (``like``'s unless given), on ``like``'s device."""
@@ -95,6 +110,10 @@ class Output:
 
     def __call__(self):
         return torch.empty_strided(self.size, self.stride, dtype=self.dtype, device=self.device)
+
+    @property
+    def spec(self):
+        return Spec(self.size, self.stride, self.dtype, self.device)
 
     @property
     def empty(self):

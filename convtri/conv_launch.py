@@ -15,6 +15,7 @@ import triton
 from convtri._launch import (INTERPRETER_CHANNELS, INTERPRETER_TILE_NUMEL, Launch, Output, block, dot_precision,
                              dot_upcast, format_strides, is_channels_last, is_interpreted, layout_of, memory_format)
 from convtri.kernels import conv2d as kernels
+from convtri.kernels import relayout
 
 PAD_MODES = {"zeros": kernels.PAD_ZEROS, "reflect": kernels.PAD_REFLECT,
              "replicate": kernels.PAD_REPLICATE, "circular": kernels.PAD_CIRCULAR}
@@ -79,6 +80,39 @@ def _gemm_blocks(t, rows, columns, reduction, **extra):
     return dict(BLOCK_M=_rows_block(rows, block_n, block_k), BLOCK_N=block_n, BLOCK_K=block_k, **extra)
 
 
+class ChannelsLast:
+    """An operand as the GEMM kernels read it best, with contiguous channels: the tensor itself
+    when its channels are contiguous, or when ``needed`` is false (FLAT_TAPS gathers few
+    channels in any layout); else a channels_last copy made by our relayout kernel, as cuDNN
+    makes before its NHWC kernels. In the first H100 sweep our kernels took 2 to 7 times longer
+    on NCHW than on channels_last inputs for VGG's layers (vgg16_56_256to256 wgrad 7.4 against
+    1.2 ms, perf/results/nvidia-h100-80gb-hbm3/vgg.csv), where the copy moves the input twice
+    (about 35 us for that layer at 3 TB/s). ``spec`` is what the GEMM's launch is built from;
+    calling it gives the tensor to launch on."""
+
+    def __init__(self, t, needed):
+        self.spec, self.launch = t, None
+        if needed and t.stride(1) != 1 and t.numel() > 0:
+            self.copy = Output(t.shape, torch.channels_last, t)
+            self.spec = self.copy.spec
+            n, c, h, w = t.shape
+            flat = t.stride(2) == w * t.stride(3)  # a row of pixels follows the previous one, in both
+            blocks = (dict(BLOCK_P=block(h * w, INTERPRETER_TILE_NUMEL // INTERPRETER_CHANNELS),
+                           BLOCK_C=block(c, INTERPRETER_CHANNELS)) if is_interpreted(t)
+                      else dict(BLOCK_P=relayout.BLOCK_PIXELS, BLOCK_C=relayout.BLOCK_CHANNELS))
+            # One program: a BLOCK_P (pixels of one image) x BLOCK_C (channels) tile of the copy.
+            grid = lambda meta: (n * triton.cdiv(h * w, meta["BLOCK_P"]), triton.cdiv(c, meta["BLOCK_C"]))
+            self.launch = Launch(relayout.relayout_kernel, grid, (n, c, h, w, *t.stride(), *self.copy.stride), blocks,
+                                 FLAT_PIXELS=flat)
+
+    def __call__(self, t):
+        if self.launch is None:
+            return t
+        copy = self.copy()
+        self.launch(t, copy)
+        return copy
+
+
 class Forward:
     """y = conv2d(x, w, b) for 4-D x, channels_last if x or w is. conv_transpose2d's input
     gradient computes only the first ``out_hw`` rows and columns, in ``out_format``."""
@@ -88,7 +122,10 @@ class Forward:
         k, _, r, s = w.shape
         p, q = out_hw or geom.output_size(h, wd, r, s)
         self.y = Output((n, k, p, q), out_format or memory_format(is_channels_last(x, w)), x)
-        self.launch = None if self.y.empty else self._launch(x, w, b, geom, (n, c, h, wd, k, p, q, r, s))
+        nhwc = not _flat_taps(c // geom.groups)
+        self.x, self.w = ChannelsLast(x, nhwc), ChannelsLast(w, nhwc)
+        self.launch = None if self.y.empty else self._launch(self.x.spec, self.w.spec, b, geom,
+                                                             (n, c, h, wd, k, p, q, r, s))
 
     def _launch(self, x, w, b, geom, sizes):
         n, c, h, wd, k, p, q, r, s = sizes
@@ -109,7 +146,7 @@ class Forward:
     def __call__(self, x, w, b):
         y = self.y()
         if self.launch is not None:
-            self.launch(x, w, b if b is not None else y, y)
+            self.launch(self.x(x), self.w(w), b if b is not None else y, y)
         return y
 
 
@@ -120,6 +157,9 @@ class Dgrad:
     def __init__(self, dy, w, bias, x_size, x_format, geom):
         self.dx = Output(x_size, x_format, dy)
         self.padded = self.fold = None
+        nhwc = not _flat_taps(w.shape[0] // geom.groups)
+        self.dy, self.w = ChannelsLast(dy, nhwc), ChannelsLast(w, nhwc)
+        dy, w = self.dy.spec, self.w.spec
         if geom.pad_mode == kernels.PAD_ZEROS:
             self.launch = self._gemm(dy, w, bias, self.dx, geom)
             return
@@ -161,6 +201,7 @@ class Dgrad:
                       EVEN_BLOCKS=not flat and _even_blocks(dy, k // groups, blocks))
 
     def __call__(self, dy, w, bias=None):
+        dy, w = self.dy(dy), self.w(w)
         dx = self.dx()
         if self.padded is None:
             if self.launch is not None:
@@ -207,6 +248,9 @@ class Wgrad:
         n, c, h, wd = x.shape
         k, p, q = dy.shape[1:]
         c_per_group, r, s = w_size[1:]
+        nhwc = not _flat_taps(c_per_group)
+        self.x, self.dy = ChannelsLast(x, nhwc and weight_grad), ChannelsLast(dy, nhwc and weight_grad)
+        x, dy = self.x.spec, self.dy.spec
         groups = geom.groups
         top, _, left, _ = geom.padding
         rows = n * p * q
@@ -253,11 +297,11 @@ class Wgrad:
         dw = self.dw() if self.dw is not None else None
         db = self.db() if self.db is not None else None
         if self.splits == 1:
-            self.launch(x, dy, dw if dw is not None else db, db if db is not None else dw)
+            self.launch(self.x(x), self.dy(dy), dw if dw is not None else db, db if db is not None else dw)
             return dw, db
         parts = [part() if part is not None else None for part in self.parts]
         placeholder = parts[0] if parts[0] is not None else parts[1]
-        self.launch(x, dy, *[part if part is not None else placeholder for part in parts])
+        self.launch(self.x(x), self.dy(dy), *[part if part is not None else placeholder for part in parts])
         for total, part, out in zip(self.sums, parts, (dw, db)):
             if total is not None:
                 total(part, out)

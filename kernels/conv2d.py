@@ -6,6 +6,7 @@ rows ``h = p * conv_stride_h - pad_h + r * dil_h`` for kernel rows r (likewise c
 ``PAD_MODE`` folds torch's padding modes into that index arithmetic: 0 zeros, 1 reflect,
 2 replicate, 3 circular. Accumulation is fp32 (fp64 for fp64 tensors).
 """
+import torch
 import triton
 import triton.language as tl
 
@@ -514,36 +515,32 @@ CONV_KEY = ("N", "C_G", "H", "W", "K_G", "P", "Q", "R", "S", "GROUPS")
 DGRAD_KEY = CONV_KEY + ("HAS_BIAS",)  # with a bias (conv_transpose2d) fewer configs are allowed
 
 
-MAX_BLOCK_K = 64  # the largest BLOCK_K of any config below; all are powers of two
-
-# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps). Tiles stop at 64 rows, and 4-warp tiles at
-# BLOCK_K = 16: beyond, the per-row index vectors (n, p, q, masks, 64-bit bases), replicated
-# across the lanes that share a row, make ptxas spill in fp32. ptxas does not spill
-# monotonically in the tile size, so each kernel ships only the shapes that compile without
-# spills for sm_80 and sm_90, both layouts and FLAT_TAPS (tests/test_aot.py --runslow checks
-# every one; the dropped ones are named).
-FWD_SHAPES = [(64, 64, 32, 8), (64, 64, 16, 4), (64, 32, 16, 4), (32, 64, 16, 4), (32, 32, 16, 4), (64, 16, 16, 4),
-              (32, 16, 16, 2)]
-DGRAD_SHAPES = [(64, 64, 32, 8), (64, 64, 16, 4), (64, 32, 16, 4), (64, 16, 16, 4)]
-# dropped: (32, 64, 16, 4), (32, 16, 16, 2) and, with triton 3.9, (32, 32, 16, 4) spill in fp32 on sm_90
-WGRAD_SHAPES = [(64, 64, 32, 8), (64, 64, 16, 4), (64, 16, 16, 4)]
-# dropped: (32, 64, 16, 4), (32, 32, 16, 4) and (32, 16, 16, 2) on sm_90, (64, 32, 16, 4) on sm_80
-
-
-# (capability, shape, stages) that spill: dgrad's 64-bit channel offsets tip this one over on
-# sm_80 in fp32 channels_last (8 bytes)
-DGRAD_SPILLING = {((8, 0), (64, 16, 16, 4), 3)}
+# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps). Large tiles feed Hopper's wgmma: compiled for a real
+# layer (sm_90, fp16, channels_last, 3x3, 256 channels) their main loops issue 0.40-0.52
+# instructions per tensor-core cycle at 128x256x64 with 8 warps, where the 64x64x32 tile that
+# the first H100 sweep measured at ~20% of peak issued 4.7 (perf/results/aot/). BLOCK_K = 32
+# variants keep fp32 (tf32) tiles within shared memory. Small tiles serve small GEMMs (LeNet,
+# depthwise, late ResNet stages), where a large tile would mostly compute padding.
+LARGE_SHAPES = [(128, 256, 64, 8), (256, 128, 64, 8), (128, 128, 64, 8), (128, 128, 64, 4), (128, 64, 64, 4),
+                (64, 128, 64, 4), (128, 256, 32, 8), (128, 128, 32, 8)]
+SMALL_SHAPES = [(64, 64, 32, 4), (64, 64, 16, 4), (64, 32, 16, 4), (32, 64, 16, 4), (32, 32, 16, 4), (64, 16, 16, 4),
+                (32, 16, 16, 2)]
+FWD_SHAPES = DGRAD_SHAPES = WGRAD_SHAPES = LARGE_SHAPES + SMALL_SHAPES
+MAX_BLOCK_K = max(bk for _, _, bk, _ in FWD_SHAPES)  # all BLOCK_K are powers of two
+# A GEMM with this many output tiles of 128x128 or more fills an H100 (132 SMs) by itself: it
+# gets no tile smaller than 128x64, which only adds autotuning time there.
+LARGE_GEMM_TILES = 132
+SHARED_MEMORY = {(9, 0): 232448, (8, 0): 166912}  # bytes a block may use: sm_90 227 KiB, sm_80 163 KiB
 
 
-def _gemm_configs(capability, shapes, with_group_m, spilling=()):
+def _gemm_configs(capability, shapes, with_group_m):
     """Autotune configs for an implicit GEMM. sm_90 has 228 KB of shared memory per SM and
     affords deeper pipelines than sm_80 (164 KB)."""
     stages = (3, 4) if capability >= (9, 0) else (2, 3)
     group = {"GROUP_M": 8} if with_group_m else {}
     return tuple(
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, **group}, num_warps=warps, num_stages=st)
-        for bm, bn, bk, warps in shapes for st in stages
-        if (tuple(capability), (bm, bn, bk, warps), st) not in spilling)
+        for bm, bn, bk, warps in shapes for st in stages)
 
 
 # Configs compiled with some flags set spill beyond these blocks: FLAT_TAPS gathers build 2-D
@@ -562,17 +559,25 @@ def fits_flags(config, limits, flags):
                for name, most in blocks.items())
 
 
-def _prune_to_problem(m_arg, n_arg, k_arg, limits):
+def _prune_to_problem(m_arg, n_arg, k_arg, limits, operand):
     """Drop configs whose tile is far larger than the GEMM dimension it covers (a 64-wide
-    tile on 6 channels wastes 90% of its work), and those that spill with the flags set;
-    keep at least the smallest config."""
+    tile on 6 channels wastes 90% of its work), small tiles for a GEMM that large tiles fill
+    the GPU with, configs whose pipeline exceeds the GPU's shared memory (``operand``: a
+    tensor argument with the operands' dtype), and those that spill with the flags set; keep
+    at least the smallest config."""
     def prune(configs, named_args, **kwargs):
         m, n, k = (arg(named_args) for arg in (m_arg, n_arg, k_arg))
+        t = named_args[operand]
+        shared = SHARED_MEMORY.get(torch.cuda.get_device_capability(t.device), min(SHARED_MEMORY.values()))
+        large = triton.cdiv(m, 128) * triton.cdiv(n, 128) >= LARGE_GEMM_TILES
+
         def fits(cfg):
             b = cfg.kwargs
             return (b["BLOCK_M"] <= max(16, 2 * triton.next_power_of_2(m))
                     and b["BLOCK_N"] <= max(16, 2 * triton.next_power_of_2(n))
                     and b["BLOCK_K"] <= max(16, 2 * triton.next_power_of_2(k))
+                    and (not large or b["BLOCK_M"] * b["BLOCK_N"] >= 128 * 64)
+                    and (b["BLOCK_M"] + b["BLOCK_N"]) * b["BLOCK_K"] * t.element_size() * cfg.num_stages <= shared
                     and fits_flags(cfg, limits, kwargs))
         kept = [c for c in configs if fits(c)]
         return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"])]
@@ -592,15 +597,15 @@ def conv2d_fwd_configs(capability):
 
 
 conv2d_fwd_prune = _prune_to_problem(lambda a: a["N"] * a["P"] * a["Q"], _k_per_group, _c_per_group,
-                                     FLAG_LIMITS["fwd"])
+                                     FLAG_LIMITS["fwd"], "x_ptr")
 
 
 def conv2d_dgrad_configs(capability):
-    return _gemm_configs(capability, DGRAD_SHAPES, with_group_m=False, spilling=DGRAD_SPILLING)
+    return _gemm_configs(capability, DGRAD_SHAPES, with_group_m=False)
 
 
 conv2d_dgrad_prune = _prune_to_problem(lambda a: a["N"] * a["H"] * a["W"], _c_per_group, _k_per_group,
-                                       FLAG_LIMITS["dgrad"])
+                                       FLAG_LIMITS["dgrad"], "dy_ptr")
 
 
 def conv2d_wgrad_configs(capability):
@@ -608,4 +613,4 @@ def conv2d_wgrad_configs(capability):
 
 
 conv2d_wgrad_prune = _prune_to_problem(_k_per_group, _c_per_group, lambda a: a["N"] * a["P"] * a["Q"],
-                                       FLAG_LIMITS["wgrad"])
+                                       FLAG_LIMITS["wgrad"], "x_ptr")

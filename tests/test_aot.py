@@ -10,15 +10,16 @@ from convtri.kernels import pool2d as pool_kernels
 
 ARCHS = [80, 90]
 CONV_VARIANTS = [  # (kernel, constexpr flags besides the block sizes and FLAT_TAPS, the op pass it serves)
-    (conv_kernels.conv2d_fwd_kernel, dict(HAS_BIAS=True, PAD_MODE=0, UPCAST=False), "conv2d-fwd"),
-    (conv_kernels.conv2d_dgrad_kernel, dict(HAS_BIAS=False, UPCAST=False), "conv2d-dgrad"),
-    (conv_kernels.conv2d_dgrad_kernel, dict(HAS_BIAS=True, UPCAST=False), "conv_transpose2d-fwd"),
-    (conv_kernels.conv2d_wgrad_kernel, dict(WEIGHT_GRAD=True, BIAS_GRAD=True, PAD_MODE=0, UPCAST=False),
+    (conv_kernels.conv2d_fwd_kernel, dict(HAS_BIAS=True, PAD_MODE=0, UPCAST=False, EVEN_BLOCKS=True), "conv2d-fwd"),
+    (conv_kernels.conv2d_dgrad_kernel, dict(HAS_BIAS=False, UPCAST=False, EVEN_BLOCKS=True), "conv2d-dgrad"),
+    (conv_kernels.conv2d_dgrad_kernel, dict(HAS_BIAS=True, UPCAST=False, EVEN_BLOCKS=False), "conv_transpose2d-fwd"),
+    (conv_kernels.conv2d_wgrad_kernel, dict(WEIGHT_GRAD=True, BIAS_GRAD=True, PAD_MODE=0, UPCAST=False, Q_POW2=16),
      "conv2d-wgrad"),
 ]
 # (layout, FLAT_TAPS): the tap-by-tap GEMMs in both layouts; FLAT_TAPS serves few channels,
 # whose strides are not multiples of 16 whatever the layout, so the gather case covers it
-LAYOUTS = [("nhwc", False), ("nchw", False), ("nchw", True)]
+# (NCHW operands of more than 16 channels are copied to channels_last before the GEMMs)
+LAYOUTS = [("nhwc", False), ("nchw", True)]
 FLAG_LIMITS = {
     conv_kernels.conv2d_fwd_kernel: conv_kernels.FLAG_LIMITS["fwd"],
     conv_kernels.conv2d_dgrad_kernel: conv_kernels.FLAG_LIMITS["dgrad"],
@@ -49,7 +50,7 @@ def layout_specialisation(kernel, layout, pointers):
         return {}, list(pointers)
     ones = UNIT_STRIDES_NHWC[kernel]
     strides = [a for a in kernel.arg_names if a.startswith("stride_") and a not in ones]
-    return ones, list(pointers) + strides + ["C", "K"]
+    return ones, list(pointers) + strides + ["C_G", "K_G"]
 
 
 def conv_pointer_types(kernel, dtype):

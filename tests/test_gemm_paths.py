@@ -1,0 +1,83 @@
+"""The GEMM kernels' paths that large layers take on a GPU, reached on CPU: small tiles, so
+that every loop runs many steps (channel blocks within taps, a stride phase's taps, blocks of
+output rows and columns in the weight gradient, split reductions); NCHW operands copied to
+channels_last first; whole and masked channel blocks."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import convtri
+import convtri.conv_launch
+from convtri.kernels import relayout
+from test_conv2d import check_parity
+
+SMALL_TILE_CASES = [
+    # 40 channels in blocks of 16: three blocks per tap, the last one masked, 3x3 taps
+    ((2, 40, 7, 6), (24, 40, 3, 3), dict(padding=1)),
+    # stride 2 with dilation 2: dgrad's phases hold every other tap (tap_step 1) or none
+    ((2, 32, 9, 8), (32, 32, 3, 3), dict(stride=2, dilation=2, padding=2)),
+    # stride 3, dilation 2: gcd 1, taps of a phase spaced by 3; 13 output columns: q blocks of 16
+    ((1, 20, 13, 40), (20, 20, 3, 3), dict(stride=3, dilation=2, padding=1)),
+    # groups of 32 channels, whole blocks of 16 (EVEN_BLOCKS), 1x1
+    ((2, 64, 5, 7), (64, 32, 1, 1), dict(groups=2)),
+    # asymmetric kernel and padding on a wide image: several q blocks per output row
+    ((1, 24, 6, 37), (20, 24, 2, 5), dict(padding=(1, 2))),
+]
+
+
+@pytest.fixture
+def small_tiles(monkeypatch, fresh_plans):
+    """Interpreter tiles of 32 rows x 16 channels x 16 reduction steps instead of the largest
+    Triton allows."""
+    monkeypatch.setattr(convtri.conv_launch, "_rows_block", lambda rows, *widths: 32)
+    monkeypatch.setattr(convtri.conv_launch, "INTERPRETER_CHANNELS", 16)
+    monkeypatch.setattr(convtri.conv_launch, "INTERPRETER_REDUCTION", 16)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("x_shape, w_shape, kwargs", SMALL_TILE_CASES)
+def test_small_tiles_float64(x_shape, w_shape, kwargs, layout, small_tiles):
+    x = torch.randn(x_shape, dtype=torch.float64).to(memory_format=layout)
+    w = torch.randn(w_shape, dtype=torch.float64)
+    check_parity(x, w, torch.randn(w_shape[0], dtype=torch.float64), **kwargs)
+
+
+def test_split_reduction_with_small_tiles(monkeypatch, small_tiles):
+    # the weight gradient's (image, p block, q block) steps cut into 3 slices, as on a GPU
+    monkeypatch.setattr(convtri.conv_launch, "_wgrad_splits", lambda x, rows, weight_numel: 3)
+    x = torch.randn(3, 20, 9, 11, dtype=torch.float64)
+    w = torch.randn(18, 20, 3, 3, dtype=torch.float64)
+    check_parity(x, w, torch.randn(18, dtype=torch.float64), padding=1, stride=(1, 2))
+
+
+@pytest.mark.parametrize("conv, x_shape, w_shape", [
+    (convtri.conv2d, (2, 20, 6, 6), (24, 20, 3, 3)),
+    (convtri.conv_transpose2d, (2, 20, 6, 6), (20, 24, 3, 3)),
+])
+def test_nchw_operands_are_copied_to_channels_last_once_each(conv, x_shape, w_shape, launches):
+    """More than 16 channels in NCHW: our relayout kernel copies the input and the weight to
+    channels_last before each GEMM (dy too in the backward); channels_last operands, and
+    few channels (FLAT_TAPS reads them in place), are not copied."""
+    x = torch.randn(x_shape, requires_grad=True)
+    w = torch.randn(w_shape, requires_grad=True)
+    y = conv(x, w)
+    y.backward(torch.randn_like(y))
+    copies = [name for name, _ in launches if name == relayout.relayout_kernel.__name__]
+    gemms = [name for name, _ in launches if name != relayout.relayout_kernel.__name__]
+    assert len(gemms) == 3 and len(copies) == 6  # (x, w), (dy, w), (x, dy)
+    launches.clear()
+    x_cl = x.detach().to(memory_format=torch.channels_last).requires_grad_()
+    w_cl = w.detach().to(memory_format=torch.channels_last).requires_grad_()
+    conv(x_cl, w_cl).backward(torch.randn_like(y).to(memory_format=torch.channels_last))
+    conv(torch.randn(2, 3, 6, 6), torch.randn(4, 3, 3, 3) if conv is convtri.conv2d else torch.randn(3, 4, 3, 3))
+    assert relayout.relayout_kernel.__name__ not in [name for name, _ in launches]
+
+
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+def test_relayout_of_a_view(fmt, launches):
+    # a strided view (every other channel, rows cut) is read where it lies, copied, and convolved
+    base = torch.randn(2, 48, 9, 7, dtype=torch.float64).to(memory_format=fmt)
+    x = base[:, ::2, 1:-1]
+    w = torch.randn(8, 24, 3, 3, dtype=torch.float64)
+    torch.testing.assert_close(convtri.conv2d(x, w, padding=1), F.conv2d(x, w, padding=1))
+    assert relayout.relayout_kernel.__name__ in [name for name, _ in launches]
