@@ -27,6 +27,9 @@ FLAT_TAPS_MAX_CHANNELS = 16
 ELEMENTWISE_BLOCK_CUDA = 512  # 4 warps x 4 elements; at 8, ptxas spills the 64-bit offsets (sm_90)
 ELEMENTWISE_BLOCK_CPU = 1 << 16
 WGRAD_MIN_ROWS_PER_SPLIT = 512  # an N*P*Q slice below this costs more in partials than it saves
+# Slices enough for this many waves of 128x128 weight-gradient tiles over the GPU's SMs: a
+# starting point, not a measurement (the split count is not autotuned).
+WGRAD_WAVES, WGRAD_TILE = 2, 128 * 128
 WGRAD_MAX_PARTIAL_BYTES = 256 << 20  # bound on the fp32 partials of the split reduction
 
 
@@ -221,7 +224,7 @@ def _wgrad_splits(x, rows, weight_numel):
     if x.device.type != "cuda" or rows == 0:
         return 1
     sms = torch.cuda.get_device_properties(x.device).multi_processor_count
-    wanted = triton.cdiv(4 * sms * 64 * 64, max(weight_numel, 1))  # 4 waves of 64x64 tiles
+    wanted = triton.cdiv(WGRAD_WAVES * sms * WGRAD_TILE, max(weight_numel, 1))
     by_rows = max(1, rows // WGRAD_MIN_ROWS_PER_SPLIT)
     by_memory = max(1, WGRAD_MAX_PARTIAL_BYTES // (8 * max(weight_numel, 1)))
     return max(1, min(wanted, by_rows, by_memory, MAX_GRID_YZ))
