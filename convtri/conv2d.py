@@ -47,6 +47,20 @@ def _parse_padding(padding, stride, dilation, kernel_size):
     return (ph, ph, pw, pw)
 
 
+ACTIVATIONS = {None: kernels.NO_ACTIVATION, "relu": kernels.RELU, "sigmoid": kernels.SIGMOID}
+OP_ACTIVATIONS = {"none": kernels.NO_ACTIVATION, "relu": kernels.RELU, "sigmoid": kernels.SIGMOID}  # the ops' names
+
+
+def activation_code(activation, names=ACTIVATIONS):
+    """The kernels' code of an activation fused into conv2d: None, "relu" or "sigmoid"."""
+    if activation is not None and not isinstance(activation, str):
+        raise TypeError(f"conv2d: activation must be None, 'relu' or 'sigmoid', got {activation!r} "
+                        f"({type(activation).__name__})")
+    if activation not in names:
+        raise ValueError(f"conv2d: activation must be one of {list(names)}, got {activation!r}")
+    return names[activation]
+
+
 def geometry_from_op_args(stride, padding, dilation, groups, padding_mode):
     """The ConvGeometry that an op's arguments describe (lengths checked)."""
     for name, value, length in (("stride", stride, 2), ("padding", padding, 4), ("dilation", dilation, 2)):
@@ -130,72 +144,79 @@ class ConvPlan:
     built on first use. ``apply`` is its autograd Function's eager apply."""
     apply = None
 
+    activation = kernels.NO_ACTIVATION  # a fused activation, whose output the backward needs
+
     def __call__(self, input, weight, bias):
         """The eager call: through the autograd Function when autograd records it."""
         if records_grad(input, weight, bias):
             return self.apply(input, weight, bias, self)
         return self.forward(input, weight, bias)
 
-    def backward(self, dy, x, w, needs):
-        """(dx, dw, db) for ``needs`` = which of them are asked for (None for the others)."""
+    def backward(self, dy, x, w, needs, y=None):
+        """(dx, dw, db) for ``needs`` = which of them are asked for (None for the others);
+        ``y``: the forward's output, with a fused activation."""
         key = (dy.stride(), needs)  # dy has y's dtype (autograd casts it)
         try:
             launches = self.backwards[key]
         except KeyError:
-            launches = self.backwards[key] = self.backward_launches(dy, x, w, needs)
-        return self.run_backward(launches, dy, x, w)
+            launches = self.backwards[key] = self.backward_launches(dy, x, w, needs, y)
+        return self.run_backward(launches, dy, x, w, y)
 
 
 class Conv2dPlan(ConvPlan):
 
-    def __init__(self, input, weight, bias, geom):
+    def __init__(self, input, weight, bias, geom, activation=kernels.NO_ACTIVATION):
         check_conv2d(input.shape, weight.shape, bias, geom)
-        self.geom = geom
-        self.forward = Forward(input, weight, bias, geom)
+        self.geom, self.activation = geom, activation
+        self.forward = Forward(input, weight, bias, geom, activation=activation)
         self.backwards = {}
 
-    def backward_launches(self, dy, x, w, needs):
-        dgrad = Dgrad(dy, w, None, x.shape, memory_format(is_channels_last(x)), self.geom) if needs[0] else None
-        wgrad = Wgrad(x, dy, w.shape, w.stride(), self.geom, needs[1], needs[2]) if needs[1] or needs[2] else None
+    def backward_launches(self, dy, x, w, needs, y):
+        geom, act = self.geom, self.activation
+        dgrad = Dgrad(dy, w, None, x.shape, memory_format(is_channels_last(x)), geom, y, act) if needs[0] else None
+        wgrad = Wgrad(x, dy, w.shape, w.stride(), geom, needs[1], needs[2], y, act) if needs[1] or needs[2] else None
         return dgrad, wgrad
 
     @staticmethod
-    def run_backward(launches, dy, x, w):
+    def run_backward(launches, dy, x, w, y):
         dgrad, wgrad = launches
-        dx = dgrad(dy, w) if dgrad is not None else None
-        dw, db = wgrad(x, dy) if wgrad is not None else (None, None)
+        dx = dgrad(dy, w, None, y) if dgrad is not None else None
+        dw, db = wgrad(x, dy, y) if wgrad is not None else (None, None)
         return dx, dw, db
 
-    def backward_ops(self, dy, x, w, needs):
+    def backward_ops(self, dy, x, w, needs, y=None):
         """(dx, dw, db) through the backward ops, as a tracer sees them."""
         args = self.geom.op_args()
+        act = {code: name for name, code in OP_ACTIVATIONS.items()}[self.activation]
         dx = dw = db = None
         if needs[0]:
-            dx = torch.ops.convtri.conv2d_dgrad(dy, w, x.shape, is_channels_last(x), *args)
+            dx = torch.ops.convtri.conv2d_dgrad(dy, w, x.shape, is_channels_last(x), *args, y, act)
         if needs[1] or needs[2]:
-            grads = iter(torch.ops.convtri.conv2d_wgrad(x, dy, w, *args, needs[1], needs[2]))
+            grads = iter(torch.ops.convtri.conv2d_wgrad(x, dy, w, *args, needs[1], needs[2], y, act))
             dw = next(grads) if needs[1] else None
             db = next(grads) if needs[2] else None
         return dx, dw, db
 
 
-def _public_plan(input, weight, bias, stride, padding, dilation, groups, padding_mode):
+def _public_plan(input, weight, bias, stride, padding, dilation, groups, padding_mode, activation):
     """The plan of a public call on 4-D input, its arguments in torch's forms: checked as the custom op's."""
     geom = conv2d_geometry(weight, stride, padding, dilation, groups, padding_mode)
+    activation = activation_code(activation)
     check_tensors("conv2d", dict(input=input, weight=weight, bias=bias))
-    return Conv2dPlan(input, weight, bias, geom)
+    return Conv2dPlan(input, weight, bias, geom, activation)
 
 
-def _op_plan(input, weight, bias, stride, padding, dilation, groups, padding_mode):
+def _op_plan(input, weight, bias, stride, padding, dilation, groups, padding_mode, activation="none"):
     key = (tensor_key(input), tensor_key(weight), tensor_key(bias), tuple(stride), tuple(padding), tuple(dilation),
-           groups, padding_mode, allows_tf32())
+           groups, padding_mode, activation, allows_tf32())
     return _OP_PLANS.get_or_build(key, _build_op_plan, input, weight, bias, stride, padding, dilation, groups,
-                                  padding_mode)
+                                  padding_mode, activation)
 
 
-def _build_op_plan(input, weight, bias, stride, padding, dilation, groups, padding_mode):
+def _build_op_plan(input, weight, bias, stride, padding, dilation, groups, padding_mode, activation):
     check_tensors("conv2d", dict(input=input, weight=weight, bias=bias))
-    return Conv2dPlan(input, weight, bias, geometry_from_op_args(stride, padding, dilation, groups, padding_mode))
+    return Conv2dPlan(input, weight, bias, geometry_from_op_args(stride, padding, dilation, groups, padding_mode),
+                      activation_code(activation, OP_ACTIVATIONS))
 
 
 _PLANS, _OP_PLANS, _DGRAD_PLANS, _WGRAD_PLANS = Plans(), Plans(), Plans(), Plans()
@@ -205,48 +226,73 @@ _PLANS, _OP_PLANS, _DGRAD_PLANS, _WGRAD_PLANS = Plans(), Plans(), Plans(), Plans
 
 @triton_op("conv2d", low_precision_autocast=True)
 def _conv2d_op(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride: list[int],
-               padding: list[int], dilation: list[int], groups: int, padding_mode: str) -> torch.Tensor:
-    """conv2d on 4-D input; ``padding`` is (top, bottom, left, right)."""
-    return _op_plan(input, weight, bias, stride, padding, dilation, groups, padding_mode).forward(input, weight, bias)
+               padding: list[int], dilation: list[int], groups: int, padding_mode: str,
+               activation: str = "none") -> torch.Tensor:
+    """conv2d on 4-D input; ``padding`` is (top, bottom, left, right); ``activation`` "none",
+    "relu" or "sigmoid", fused."""
+    plan = _op_plan(input, weight, bias, stride, padding, dilation, groups, padding_mode, activation)
+    return plan.forward(input, weight, bias)
+
+
+def _activation_output(output, activation, op):
+    """The gradient ops' check that a fused activation comes with the forward's output."""
+    code = activation_code(activation, OP_ACTIVATIONS)
+    if (code != kernels.NO_ACTIVATION) != (output is not None):
+        raise RuntimeError(f"{op}: expected the forward's output exactly with an activation, got activation="
+                           f"{activation!r} and {'an' if output is not None else 'no'} output")
+    return code
 
 
 @triton_op("conv2d_dgrad")
 def _conv2d_dgrad_op(grad_output: torch.Tensor, weight: torch.Tensor, input_size: list[int],
                      input_channels_last: bool, stride: list[int], padding: list[int], dilation: list[int],
-                     groups: int, padding_mode: str) -> torch.Tensor:
-    """The input gradient of conv2d, in channels_last if ``input_channels_last``."""
+                     groups: int, padding_mode: str, output: Optional[torch.Tensor] = None,
+                     activation: str = "none") -> torch.Tensor:
+    """The input gradient of conv2d, in channels_last if ``input_channels_last``; with an
+    ``activation``, ``grad_output`` is the gradient of its ``output``."""
     key = (tensor_key(grad_output), tensor_key(weight), tuple(input_size), input_channels_last, tuple(stride),
-           tuple(padding), tuple(dilation), groups, padding_mode, allows_tf32())
+           tuple(padding), tuple(dilation), groups, padding_mode, tensor_key(output), activation, allows_tf32())
     dgrad = _DGRAD_PLANS.get_or_build(key, _build_dgrad, grad_output, weight, input_size, input_channels_last,
-                                      stride, padding, dilation, groups, padding_mode)
-    return dgrad(grad_output, weight)
+                                      stride, padding, dilation, groups, padding_mode, output, activation)
+    return dgrad(grad_output, weight, None, output)
 
 
 def _build_dgrad(grad_output, weight, input_size, input_channels_last, stride, padding, dilation, groups,
-                 padding_mode):
-    check_tensors("conv2d_dgrad", dict(grad_output=grad_output, weight=weight))
+                 padding_mode, output, activation):
+    check_tensors("conv2d_dgrad", dict(grad_output=grad_output, weight=weight, output=output))
     geom = geometry_from_op_args(stride, padding, dilation, groups, padding_mode)
-    check_size(grad_output, "grad_output", check_conv2d(input_size, weight.shape, None, geom), "conv2d_dgrad")
-    return Dgrad(grad_output, weight, None, tuple(input_size), memory_format(input_channels_last), geom)
+    output_size = check_conv2d(input_size, weight.shape, None, geom)
+    check_size(grad_output, "grad_output", output_size, "conv2d_dgrad")
+    if output is not None:
+        check_size(output, "output", output_size, "conv2d_dgrad")
+    code = _activation_output(output, activation, "conv2d_dgrad")
+    return Dgrad(grad_output, weight, None, tuple(input_size), memory_format(input_channels_last), geom, output, code)
 
 
 @triton_op("conv2d_wgrad")
 def _conv2d_wgrad_op(input: torch.Tensor, grad_output: torch.Tensor, weight: torch.Tensor, stride: list[int],
                      padding: list[int], dilation: list[int], groups: int, padding_mode: str, weight_grad: bool,
-                     bias_grad: bool) -> list[torch.Tensor]:
-    """[weight gradient (laid out as ``weight``), bias gradient], each only if asked for."""
+                     bias_grad: bool, output: Optional[torch.Tensor] = None,
+                     activation: str = "none") -> list[torch.Tensor]:
+    """[weight gradient (laid out as ``weight``), bias gradient], each only if asked for; with
+    an ``activation``, ``grad_output`` is the gradient of its ``output``."""
     key = (tensor_key(input), tensor_key(grad_output), tensor_key(weight), tuple(stride), tuple(padding),
-           tuple(dilation), groups, padding_mode, weight_grad, bias_grad, allows_tf32())
+           tuple(dilation), groups, padding_mode, weight_grad, bias_grad, tensor_key(output), activation, allows_tf32())
     wgrad = _WGRAD_PLANS.get_or_build(key, _build_wgrad, input, grad_output, weight, stride, padding, dilation,
-                                      groups, padding_mode, weight_grad, bias_grad)
-    return [t for t in wgrad(input, grad_output) if t is not None]
+                                      groups, padding_mode, weight_grad, bias_grad, output, activation)
+    return [t for t in wgrad(input, grad_output, output) if t is not None]
 
 
-def _build_wgrad(input, grad_output, weight, stride, padding, dilation, groups, padding_mode, weight_grad, bias_grad):
-    check_tensors("conv2d_wgrad", dict(input=input, grad_output=grad_output, weight=weight))
+def _build_wgrad(input, grad_output, weight, stride, padding, dilation, groups, padding_mode, weight_grad, bias_grad,
+                 output, activation):
+    check_tensors("conv2d_wgrad", dict(input=input, grad_output=grad_output, weight=weight, output=output))
     geom = geometry_from_op_args(stride, padding, dilation, groups, padding_mode)
-    check_size(grad_output, "grad_output", check_conv2d(input.shape, weight.shape, None, geom), "conv2d_wgrad")
-    return Wgrad(input, grad_output, weight.shape, weight.stride(), geom, weight_grad, bias_grad)
+    output_size = check_conv2d(input.shape, weight.shape, None, geom)
+    check_size(grad_output, "grad_output", output_size, "conv2d_wgrad")
+    if output is not None:
+        check_size(output, "output", output_size, "conv2d_wgrad")
+    code = _activation_output(output, activation, "conv2d_wgrad")
+    return Wgrad(input, grad_output, weight.shape, weight.stride(), geom, weight_grad, bias_grad, output, code)
 
 
 # ----------------------------------------------------------------------------- autograd
@@ -259,16 +305,25 @@ class ConvFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, input, weight, bias, plan):
-        ctx.save_for_backward(input, weight)
-        ctx.plan = plan
-        return plan.forward(input, weight, bias)
+        y = plan.forward(input, weight, bias)
+        save(ctx, plan, input, weight, y)
+        return y
 
     @staticmethod
     def backward(ctx, dy):
         if plain_backward(dy):
-            x, w = ctx.saved_tensors
-            return *ctx.plan.backward(dy, x, w, ctx.needs_input_grad[:3]), None
+            return *ctx.plan.backward(dy, *ctx.saved_tensors[:2], ctx.needs_input_grad[:3], *ctx.saved_tensors[2:]), None
         return *_other_backward(ctx, dy), None
+
+
+def save(ctx, plan, input, weight, output):
+    """What a convolution's backward needs: its plan, input and weight, and with a fused
+    activation its output."""
+    ctx.plan = plan
+    if plan.activation == kernels.NO_ACTIVATION:
+        ctx.save_for_backward(input, weight)
+    else:
+        ctx.save_for_backward(input, weight, output)
 
 
 @other_backward
@@ -276,22 +331,22 @@ def _other_backward(ctx, dy):
     """Through the plan's launches if the call is eager all the same (autograd records the
     backward), else through the backward ops, which the tracer (compiled autograd, a
     dispatch mode) sees."""
-    x, w = ctx.saved_tensors
+    x, w, *y = ctx.saved_tensors
     needs = ctx.needs_input_grad[:3]
     if is_eager(dy):
-        return ctx.plan.backward(dy, x, w, needs)
-    return ctx.plan.backward_ops(dy, x, w, needs)
+        return ctx.plan.backward(dy, x, w, needs, *y)
+    return ctx.plan.backward_ops(dy, x, w, needs, *y)
 
 
 def register_autograd(op, function, op_plan):
-    """``function``'s backward as the autograd formula of ``op`` (input, weight, bias, then 5
+    """``function``'s backward as the autograd formula of ``op`` (input, weight, bias, then its
     other arguments), whose ``op_plan`` gives the plan of the op's arguments."""
     def setup_context(ctx, inputs, output):
         input, weight, bias, *arguments = inputs
-        ctx.save_for_backward(input, weight)
-        ctx.plan = op_plan(input, weight, bias, *arguments)
-    op.register_autograd(lambda ctx, dy: (*function.backward(ctx, dy)[:3], None, None, None, None, None),
-                         setup_context=setup_context)
+        save(ctx, op_plan(input, weight, bias, *arguments), input, weight, output)
+    op.register_autograd(
+        lambda ctx, dy: (*function.backward(ctx, dy)[:3], *[None] * (len(ctx.needs_input_grad) - 3)),
+        setup_context=setup_context)
 
 
 class Conv2dFunction(ConvFunction):
@@ -304,26 +359,33 @@ register_autograd(_conv2d_op, Conv2dFunction, _op_plan)
 
 # ----------------------------------------------------------------------------- public ops
 
-def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, padding_mode="zeros"):
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, padding_mode="zeros",
+           activation=None):
     """``torch.nn.functional.conv2d`` on convtri's Triton kernels.
 
     ``padding_mode`` (keyword only) adds nn.Conv2d's reflect, replicate and circular
     padding, folded into the kernels' index arithmetic instead of a padded copy.
+    ``activation`` (keyword only): ``"relu"`` or ``"sigmoid"`` applied in the kernel's
+    epilogue, and its derivative in the backward kernels as they read the gradient: one
+    pass each way instead of a convolution and an activation.
     """
     if is_eager(input, weight, bias) and input.dim() == 4:
         key = (tensor_key(input), tensor_key(weight), tensor_key(bias), exact(stride), exact(padding), exact(dilation),
-               exact(groups), exact(padding_mode), allows_tf32())
+               exact(groups), exact(padding_mode), exact(activation), allows_tf32())
         plan = _PLANS.get_or_build(key, _public_plan, input, weight, bias, stride, padding, dilation, groups,
-                                   padding_mode)
+                                   padding_mode, activation)
         return plan(input, weight, bias)
     _args.check_tensor(weight, "weight")
     if bias is not None:
         _args.check_tensor(bias, "bias")
     geom = conv2d_geometry(weight, stride, padding, dilation, groups, padding_mode)
+    code = activation_code(activation)
     if is_eager(input, weight, bias):  # unbatched (or invalid) input
-        op = lambda x: conv2d(x, weight, bias, stride, padding, dilation, groups, padding_mode=padding_mode)
+        op = lambda x: conv2d(x, weight, bias, stride, padding, dilation, groups, padding_mode=padding_mode,
+                              activation=activation)
     else:  # torch must see the op
-        op = lambda x: torch.ops.convtri.conv2d(x, weight, bias, *geom.op_args())
+        name = {code: name for name, code in OP_ACTIVATIONS.items()}[code]
+        op = lambda x: torch.ops.convtri.conv2d(x, weight, bias, *geom.op_args(), name)
     return _args.batched("conv2d", op, input)
 
 

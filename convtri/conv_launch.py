@@ -120,7 +120,8 @@ class Forward:
     """y = conv2d(x, w, b) for 4-D x, channels_last if x or w is. conv_transpose2d's input
     gradient computes only the first ``out_hw`` rows and columns, in ``out_format``."""
 
-    def __init__(self, x, w, b, geom, out_hw=None, out_format=None):
+    def __init__(self, x, w, b, geom, out_hw=None, out_format=None, activation=kernels.NO_ACTIVATION):
+        self.activation = activation
         n, c, h, wd = x.shape
         k, _, r, s = w.shape
         p, q = out_hw or geom.output_size(h, wd, r, s)
@@ -144,7 +145,8 @@ class Forward:
         return Launch(kernels.conv2d_fwd_kernel, grid, scalars, blocks,
                       (kernels.conv2d_fwd_configs, kernels.CONV_KEY, kernels.conv2d_fwd_prune),
                       HAS_BIAS=b is not None, PAD_MODE=geom.pad_mode, FLAT_TAPS=flat, PRECISION=dot_precision(x),
-                      UPCAST=dot_upcast(x), EVEN_BLOCKS=not flat and _even_blocks(x, c // groups, blocks))
+                      UPCAST=dot_upcast(x), EVEN_BLOCKS=not flat and _even_blocks(x, c // groups, blocks),
+                      ACTIVATION=self.activation)
 
     def __call__(self, x, w, b):
         y = self.y()
@@ -155,23 +157,26 @@ class Forward:
 
 class Dgrad:
     """dx of conv2d for 4-D dy, plus ``bias`` per channel of dx (conv_transpose2d's forward);
-    zero padding directly, other padding modes into a padded buffer that pad_fold folds."""
+    zero padding directly, other padding modes into a padded buffer that pad_fold folds.
+    With an ``activation`` fused into the forward, a call also passes its output y."""
 
-    def __init__(self, dy, w, bias, x_size, x_format, geom):
+    def __init__(self, dy, w, bias, x_size, x_format, geom, y=None, activation=kernels.NO_ACTIVATION):
         self.dx = Output(x_size, x_format, dy)
         self.padded = self.fold = None
         nhwc = not _flat_taps(w.shape[0] // geom.groups)
         self.dy, self.w = ChannelsLast(dy, nhwc), ChannelsLast(w, nhwc)
-        dy, w = self.dy.spec, self.w.spec
+        self.y = ChannelsLast(y if y is not None else dy, nhwc and y is not None)
+        dy, w, y = self.dy.spec, self.w.spec, self.y.spec
+        self.activation = activation
         if geom.pad_mode == kernels.PAD_ZEROS:
-            self.launch = self._gemm(dy, w, bias, self.dx, geom)
+            self.launch = self._gemm(dy, y, w, bias, self.dx, geom, activation)
             return
         n, c, h, wd = x_size
         top, bottom, left, right = geom.padding
         accumulator = torch.float64 if dy.dtype == torch.float64 else torch.float32
         self.padded = Output((n, c, h + top + bottom, wd + left + right), x_format, dy, accumulator)
         unpadded = ConvGeometry(geom.stride, (0, 0, 0, 0), geom.dilation, geom.groups)
-        self.launch = self._gemm(dy, w, None, self.padded, unpadded)
+        self.launch = self._gemm(dy, y, w, None, self.padded, unpadded, activation)
         if not self.dx.empty:
             # One program: BLOCK elements of dx, each summing the padded positions that map onto it.
             grid = lambda meta: (triton.cdiv(n * c * h * wd, meta["BLOCK"]),)
@@ -180,7 +185,7 @@ class Dgrad:
                                _elementwise_block(dy), PAD_MODE=geom.pad_mode)
 
     @staticmethod
-    def _gemm(dy, w, bias, dx, geom):
+    def _gemm(dy, y, w, bias, dx, geom, activation):
         if dx.empty:
             return None
         n, c, h, wd = dx.size
@@ -195,24 +200,27 @@ class Dgrad:
                              groups, sh * sw)
         flat = _flat_taps(k // groups)
         blocks = _gemm_blocks(dy, rows, c // groups, k // groups * (r * s if flat else 1))
-        scalars = (n, c // groups, h, wd, k // groups, p, q, r, s, groups, *dy.stride(), *w.stride(), *dx.stride,
+        scalars = (n, c // groups, h, wd, k // groups, p, q, r, s, groups, *dy.stride(), *y.stride(), *w.stride(),
+                   *dx.stride,
                    bias.stride(0) if bias is not None else 0, sh, sw, top, left, *geom.dilation,
                    *(stride // math.gcd(stride, dil) for stride, dil in zip(geom.stride, geom.dilation)))
         return Launch(kernels.conv2d_dgrad_kernel, grid, scalars, blocks,
                       (kernels.conv2d_dgrad_configs, kernels.DGRAD_KEY, kernels.conv2d_dgrad_prune),
                       HAS_BIAS=bias is not None, FLAT_TAPS=flat, PRECISION=dot_precision(dy), UPCAST=dot_upcast(dy),
-                      EVEN_BLOCKS=not flat and _even_blocks(dy, k // groups, blocks))
+                      EVEN_BLOCKS=not flat and _even_blocks(dy, k // groups, blocks), ACTIVATION=activation)
 
-    def __call__(self, dy, w, bias=None):
+    def __call__(self, dy, w, bias=None, y=None):
+        y = self.y(y) if y is not None else None
         dy, w = self.dy(dy), self.w(w)
+        y = y if y is not None else dy
         dx = self.dx()
         if self.padded is None:
             if self.launch is not None:
-                self.launch(dy, w, bias if bias is not None else dx, dx)
+                self.launch(dy, y, w, bias if bias is not None else dx, dx)
             return dx
         padded = self.padded()
         if self.launch is not None:
-            self.launch(dy, w, padded, padded)
+            self.launch(dy, y, w, padded, padded)
         if self.fold is not None:
             self.fold(padded, dx)
         return dx
@@ -247,13 +255,15 @@ class Wgrad:
     reduction writes them directly; several (on CUDA, to fill the GPU) write fp32 partials
     that a fixed-order second pass sums: deterministic either way."""
 
-    def __init__(self, x, dy, w_size, w_stride, geom, weight_grad=True, bias_grad=False):
+    def __init__(self, x, dy, w_size, w_stride, geom, weight_grad=True, bias_grad=False, y=None,
+                 activation=kernels.NO_ACTIVATION):
         n, c, h, wd = x.shape
         k, p, q = dy.shape[1:]
         c_per_group, r, s = w_size[1:]
-        nhwc = not _flat_taps(c_per_group)
-        self.x, self.dy = ChannelsLast(x, nhwc and weight_grad), ChannelsLast(dy, nhwc and weight_grad)
-        x, dy = self.x.spec, self.dy.spec
+        nhwc = not _flat_taps(c_per_group) and weight_grad
+        self.x, self.dy = ChannelsLast(x, nhwc), ChannelsLast(dy, nhwc)
+        self.y = ChannelsLast(y if y is not None else dy, nhwc and y is not None)
+        x, dy, y = self.x.spec, self.dy.spec, self.y.spec
         groups = geom.groups
         top, _, left, _ = geom.padding
         rows = n * p * q
@@ -276,7 +286,8 @@ class Wgrad:
                              * (taps * triton.cdiv(columns, meta["BLOCK_N"]) if tiles_w else 1), splits, groups)
         block_m, block_n = block(k // groups, INTERPRETER_CHANNELS), block(columns, INTERPRETER_CHANNELS)
         blocks = dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=_rows_block(rows, block_m, block_n))
-        scalars = (n, c // groups, h, wd, k // groups, p, q, r, s, groups, splits, *x.stride(), *dy.stride(), *dw_strides,
+        scalars = (n, c // groups, h, wd, k // groups, p, q, r, s, groups, splits, *x.stride(), *dy.stride(),
+                   *y.stride(), *dw_strides,
                    *db_strides,
                    *geom.stride, top, left, *geom.dilation)
         # an empty reduction (no rows) writes zeros
@@ -284,7 +295,7 @@ class Wgrad:
             kernels.conv2d_wgrad_kernel, grid, scalars, blocks,
             (kernels.conv2d_wgrad_configs, kernels.CONV_KEY, kernels.conv2d_wgrad_prune),
             WEIGHT_GRAD=tiles_w, BIAS_GRAD=bias_grad, PAD_MODE=geom.pad_mode, FLAT_TAPS=flat,
-            PRECISION=dot_precision(x), UPCAST=dot_upcast(x), Q_POW2=triton.next_power_of_2(q))
+            PRECISION=dot_precision(x), UPCAST=dot_upcast(x), Q_POW2=triton.next_power_of_2(q), ACTIVATION=activation)
         self.sums = [_sum_splits(part, out, x) if part is not None else None for part, out in zip(self.parts,
                                                                                                  (self.dw, self.db))]
 
@@ -295,16 +306,18 @@ class Wgrad:
             return part.stride
         return (0, *out.stride) if out is not None else (0,) * dims
 
-    def __call__(self, x, dy):
-        """(dw, db), None for a gradient not asked for."""
+    def __call__(self, x, dy, y=None):
+        """(dw, db), None for a gradient not asked for; ``y``: the forward's activated output."""
         dw = self.dw() if self.dw is not None else None
         db = self.db() if self.db is not None else None
+        x, dy = self.x(x), self.dy(dy)
+        y = self.y(y) if y is not None else dy
         if self.splits == 1:
-            self.launch(self.x(x), self.dy(dy), dw if dw is not None else db, db if db is not None else dw)
+            self.launch(x, dy, y, dw if dw is not None else db, db if db is not None else dw)
             return dw, db
         parts = [part() if part is not None else None for part in self.parts]
         placeholder = parts[0] if parts[0] is not None else parts[1]
-        self.launch(self.x(x), self.dy(dy), *[part if part is not None else placeholder for part in parts])
+        self.launch(x, dy, y, *[part if part is not None else placeholder for part in parts])
         for total, part, out in zip(self.sums, parts, (dw, db)):
             if total is not None:
                 total(part, out)

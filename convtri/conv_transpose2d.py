@@ -91,10 +91,12 @@ class ConvTranspose2dPlan(ConvPlan):
                              self.geom)
         self.backwards = {}
 
-    def backward_launches(self, dy, x, w, needs):
+    def backward_launches(self, dy, x, w, needs, y=None):
         return backward_launches(dy, x, w, self.geom, needs)
 
-    run_backward = staticmethod(run_backward)
+    @staticmethod
+    def run_backward(launches, dy, x, w, y=None):
+        return run_backward(launches, dy, x, w)
 
     def backward_ops(self, dy, x, w, needs):
         """(dx, dw, db) through the backward op, as a tracer sees it."""

@@ -2,18 +2,28 @@
 repr are torch's, while forward runs convtri's kernels."""
 import torch
 
-from convtri.conv2d import conv2d
+from convtri.conv2d import activation_code, conv2d
 from convtri.conv_transpose2d import conv_transpose2d
 from convtri.pool2d import adaptive_avg_pool2d, avg_pool2d, max_pool2d
 
 
 class Conv2d(torch.nn.Conv2d):
     """``torch.nn.Conv2d`` on convtri's kernels, every padding_mode included. Non-zero padding
-    modes are folded into the kernels' index arithmetic: no padded copy of the input is made."""
+    modes are folded into the kernels' index arithmetic: no padded copy of the input is made.
+    ``activation`` (keyword only, ``None``, ``"relu"`` or ``"sigmoid"``) is fused into the
+    kernels: ``Conv2d(..., activation="relu")`` computes ``Conv2d(...)`` then ``ReLU()``."""
+
+    def __init__(self, *args, activation=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        activation_code(activation)
+        self.activation = activation
 
     def forward(self, input):
         return conv2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
-                      padding_mode=self.padding_mode)
+                      padding_mode=self.padding_mode, activation=self.activation)
+
+    def extra_repr(self):
+        return super().extra_repr() + (f", activation={self.activation!r}" if self.activation else "")
 
 
 class MaxPool2d(torch.nn.MaxPool2d):

@@ -13,6 +13,32 @@ import triton.language as tl
 
 
 PAD_ZEROS, PAD_REFLECT, PAD_REPLICATE, PAD_CIRCULAR = 0, 1, 2, 3
+# Activations fused into the forward's epilogue, and their derivatives into the backward's
+# loads of dy, computed from the saved (activated) output y
+NO_ACTIVATION, RELU, SIGMOID = 0, 1, 2
+
+
+@triton.jit
+def activate(acc, ACTIVATION: tl.constexpr):
+    """The activation applied to the forward's accumulator."""
+    if ACTIVATION == 1:
+        acc = tl.maximum(acc, 0.)
+    elif ACTIVATION == 2:
+        acc = tl.sigmoid(acc)
+    return acc
+
+
+@triton.jit
+def through_activation(dy, y, ACTIVATION: tl.constexpr):
+    """The gradient before the activation from dy, the gradient after it, and y, its output:
+    relu' = (y > 0), sigmoid' = y (1 - y), computed in fp32 (fp64 for fp64), dy's dtype out."""
+    if ACTIVATION == 1:
+        dy = tl.where(y > 0, dy, 0.)
+    elif ACTIVATION == 2:
+        GRAD_TYPE = tl.float64 if dy.dtype == tl.float64 else tl.float32
+        y = y.to(GRAD_TYPE)
+        dy = (dy.to(GRAD_TYPE) * y * (1. - y)).to(dy.dtype)
+    return dy
 
 
 @triton.jit
@@ -114,10 +140,11 @@ def conv2d_fwd_kernel(
     conv_stride_h, conv_stride_w, pad_h, pad_w, dil_h, dil_w,
     # flags
     HAS_BIAS: tl.constexpr, PAD_MODE: tl.constexpr, FLAT_TAPS: tl.constexpr, PRECISION: tl.constexpr,
-    UPCAST: tl.constexpr, EVEN_BLOCKS: tl.constexpr,
+    UPCAST: tl.constexpr, EVEN_BLOCKS: tl.constexpr, ACTIVATION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
-    """y[n, k, p, q] = b[k] + sum_{c, r, s} x[n, c, h(p, r), w(q, s)] * w[k, c, r, s].
+    """y[n, k, p, q] = act(b[k] + sum_{c, r, s} x[n, c, h(p, r), w(q, s)] * w[k, c, r, s]), act
+    the ACTIVATION (none, relu or sigmoid) applied in the epilogue.
 
     Implicit GEMM per group: M = N*P*Q output pixels, N = K/GROUPS output channels,
     reduced over (C/GROUPS)*R*S in the order (r, s, then channel blocks), or, with FLAT_TAPS
@@ -189,6 +216,7 @@ def conv2d_fwd_kernel(
     if HAS_BIAS:
         bias = tl.load(b_ptr + k_abs * stride_b, mask=k_ok, other=0.)
         acc += bias.to(ACC_TYPE)[None, :]
+    acc = activate(acc, ACTIVATION)
     y_pix = y_ptr + n.to(tl.int64) * stride_yn + p.to(tl.int64) * stride_yp + q.to(tl.int64) * stride_yq
     y_ptrs = y_pix[:, None] + k_abs.to(tl.int64)[None, :] * stride_yk
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & k_ok[None, :])
@@ -196,11 +224,12 @@ def conv2d_fwd_kernel(
 
 @triton.jit
 def conv2d_dgrad_kernel(
-    dy_ptr, w_ptr, b_ptr, dx_ptr,
+    dy_ptr, y_ptr, w_ptr, b_ptr, dx_ptr,
     # sizes (C_G and K_G: input and output channels per group)
     N, C_G, H, W, K_G, P, Q, R, S, GROUPS,
     # strides
     stride_dyn, stride_dyk, stride_dyp, stride_dyq,
+    stride_yn, stride_yk, stride_yp, stride_yq,
     stride_wk, stride_wc, stride_wr, stride_ws,
     stride_dxn, stride_dxc, stride_dxh, stride_dxw,
     stride_b,
@@ -208,11 +237,13 @@ def conv2d_dgrad_kernel(
     conv_stride_h, conv_stride_w, pad_h, pad_w, dil_h, dil_w, tap_step_h, tap_step_w,
     # flags
     HAS_BIAS: tl.constexpr, FLAT_TAPS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-    EVEN_BLOCKS: tl.constexpr,
+    EVEN_BLOCKS: tl.constexpr, ACTIVATION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """dx[n, c, h, w] = b[c] + sum_{k, r, s} dy[n, k, p, q] * w[k, c, r, s] over h = p*stride - pad + r*dil.
 
+    With an ACTIVATION fused into the forward, dy is the gradient of its output y and is taken
+    through the activation's derivative as it is loaded (``through_activation``).
     The bias (HAS_BIAS) serves conv_transpose2d, whose forward is this kernel.
     Gather form, decomposed by stride phase so that no zero of a strided gradient is read:
     a program owns input pixels with h % conv_stride_h == phase_h (likewise w), and only
@@ -224,7 +255,7 @@ def conv2d_dgrad_kernel(
     EVEN_BLOCKS: BLOCK_K divides K/GROUPS, so channel blocks need no mask.
     One program computes a BLOCK_M x BLOCK_N tile of dx.
     Grid: (cdiv(M, BLOCK_M) * cdiv(C/GROUPS, BLOCK_N), GROUPS, conv_stride_h * conv_stride_w).
-    dy: (N, K, P, Q), w: (K, C/GROUPS, R, S), b: (C,), dx: (N, C, H, W).
+    dy, y: (N, K, P, Q), w: (K, C/GROUPS, R, S), b: (C,), dx: (N, C, H, W).
     """
     H_PH = tl.cdiv(H, conv_stride_h)  # rows per phase, at most
     W_PH = tl.cdiv(W, conv_stride_w)
@@ -250,6 +281,8 @@ def conv2d_dgrad_kernel(
 
     dy_img = dy_ptr + n.to(tl.int64) * stride_dyn + (g * K_G).to(tl.int64) * stride_dyk
     dy_corner = window_corner(dy_img, i, j, stride_dyp, stride_dyq, 0)  # dy[n, :, i, j]
+    y_corner = window_corner(y_ptr + n.to(tl.int64) * stride_yn + (g * K_G).to(tl.int64) * stride_yk, i, j,
+                             stride_yp, stride_yq, 0)
     w_col = w_ptr + (g * K_G).to(tl.int64) * stride_wk + offs_c * stride_wc
     ACC_TYPE = tl.float64 if dy_ptr.dtype.element_ty == tl.float64 else tl.float32
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_TYPE)
@@ -267,11 +300,16 @@ def conv2d_dgrad_kernel(
             top = phase_h + pad_h - r * dil_h + lift_h  # as below, per column
             left = phase_w + pad_w - s * dil_w + lift_w
             t_ok = (t < R * S * K_G) & (top % conv_stride_h == 0) & (left % conv_stride_w == 0)
-            dy_pix, tap_ok = window_taps(dy_corner[:, None], i[:, None], j[:, None],
-                                         (top // conv_stride_h - R * dil_h)[None, :],
-                                         (left // conv_stride_w - S * dil_w)[None, :], P, Q, stride_dyp, stride_dyq, 0)
-            a = tl.load(dy_pix + k.to(tl.int64)[None, :] * stride_dyk, mask=pix_ok[:, None] & tap_ok & t_ok[None, :],
-                        other=0.)
+            dp = (top // conv_stride_h - R * dil_h)[None, :]
+            dq = (left // conv_stride_w - S * dil_w)[None, :]
+            dy_pix, tap_ok = window_taps(dy_corner[:, None], i[:, None], j[:, None], dp, dq, P, Q, stride_dyp,
+                                         stride_dyq, 0)
+            a_mask = pix_ok[:, None] & tap_ok & t_ok[None, :]
+            a = tl.load(dy_pix + k.to(tl.int64)[None, :] * stride_dyk, mask=a_mask, other=0.)
+            if ACTIVATION != 0:
+                y_pix, _ = window_taps(y_corner[:, None], i[:, None], j[:, None], dp, dq, P, Q, stride_yp, stride_yq, 0)
+                a = through_activation(a, tl.load(y_pix + k.to(tl.int64)[None, :] * stride_yk, mask=a_mask, other=0.),
+                                       ACTIVATION)
             w_tap = k.to(tl.int64) * stride_wk + r * stride_wr + s * stride_ws
             b = tl.load(w_col[None, :] + w_tap[:, None], mask=t_ok[:, None] & c_ok[None, :], other=0.)
             acc = dot_accumulate(acc, a, b, PRECISION, UPCAST)
@@ -287,14 +325,19 @@ def conv2d_dgrad_kernel(
         rv = tl.full([], 0, tl.int32)
         for _ in range(0, r_count * s_count * tl.cdiv(K_G, BLOCK_K)):
             # tap (r, s) reads dy rows p = i + p_first - rv * p_step, likewise q
-            dy_pix, tap_ok = window_taps(dy_corner, i, j, p_first - rv * p_step, q_first - sv * q_step, P, Q,
-                                         stride_dyp, stride_dyq, 0)
+            dp = p_first - rv * p_step
+            dq = q_first - sv * q_step
+            dy_pix, tap_ok = window_taps(dy_corner, i, j, dp, dq, P, Q, stride_dyp, stride_dyq, 0)
             row_ok = pix_ok & tap_ok
             w_rs = w_col + (r_first + rv * tap_step_h) * stride_wr + (s_first + sv * tap_step_w) * stride_ws
             k = k0 + offs_k
             k_ok = (k < K_G) | EVEN_BLOCKS  # EVEN_BLOCKS: a constant True, no mask to compute
             dy_k = dy_pix + k0.to(tl.int64) * stride_dyk  # 64-bit channel offsets
             a = tl.load(dy_k[:, None] + dy_block_k, mask=row_ok[:, None] & k_ok[None, :], other=0.)
+            if ACTIVATION != 0:
+                y_pix, _ = window_taps(y_corner, i, j, dp, dq, P, Q, stride_yp, stride_yq, 0)
+                y_k = y_pix[:, None] + k.to(tl.int64)[None, :] * stride_yk
+                a = through_activation(a, tl.load(y_k, mask=row_ok[:, None] & k_ok[None, :], other=0.), ACTIVATION)
             b = tl.load(w_rs[None, :] + k[:, None].to(tl.int64) * stride_wk, mask=k_ok[:, None] & c_ok[None, :],
                         other=0.)
             acc = dot_accumulate(acc, a, b, PRECISION, UPCAST)
@@ -307,19 +350,20 @@ def conv2d_dgrad_kernel(
 
 @triton.jit
 def conv2d_wgrad_kernel(
-    x_ptr, dy_ptr, dw_ptr, db_ptr,
+    x_ptr, dy_ptr, y_ptr, dw_ptr, db_ptr,
     # sizes (C_G and K_G: input and output channels per group)
     N, C_G, H, W, K_G, P, Q, R, S, GROUPS, SPLIT,
     # strides (dw and db: per slice of the reduction first)
     stride_xn, stride_xc, stride_xh, stride_xw,
     stride_dyn, stride_dyk, stride_dyp, stride_dyq,
+    stride_yn, stride_yk, stride_yp, stride_yq,
     stride_dw_split, stride_dwk, stride_dwc, stride_dwr, stride_dws,
     stride_db_split, stride_db,
     # conv parameters
     conv_stride_h, conv_stride_w, pad_h, pad_w, dil_h, dil_w,
     # flags; Q_POW2: next_power_of_2(Q)
     WEIGHT_GRAD: tl.constexpr, BIAS_GRAD: tl.constexpr, PAD_MODE: tl.constexpr, FLAT_TAPS: tl.constexpr,
-    PRECISION: tl.constexpr, UPCAST: tl.constexpr, Q_POW2: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr, Q_POW2: tl.constexpr, ACTIVATION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """Weight and/or bias gradients over one of SPLIT slices of the N*P*Q reduction.
@@ -337,7 +381,9 @@ def conv2d_wgrad_kernel(
     Grid: (cdiv(K/GROUPS, BLOCK_M) * cdiv(C/GROUPS, BLOCK_N) * R*S, SPLIT, GROUPS), with FLAT_TAPS
     (cdiv(K/GROUPS, BLOCK_M) * cdiv(R*S*C/GROUPS, BLOCK_N), SPLIT, GROUPS), and
     (cdiv(K/GROUPS, BLOCK_M), SPLIT, GROUPS) for the bias alone (not WEIGHT_GRAD).
-    x: (N, C, H, W), dy: (N, K, P, Q), dw: (SPLIT, K, C/GROUPS, R, S), db: (SPLIT, K). With
+    With an ACTIVATION fused into the forward, dy (the gradient of its output y) is taken
+    through the activation's derivative as it is loaded.
+    x: (N, C, H, W), dy, y: (N, K, P, Q), dw: (SPLIT, K, C/GROUPS, R, S), db: (SPLIT, K). With
     SPLIT = 1 they are the gradients themselves (split stride 0, any layout and dtype); else
     fp32 partials (fp64 for fp64) that ``conv2d_sum_splits_kernel`` finishes.
     """
@@ -396,6 +442,12 @@ def conv2d_wgrad_kernel(
                              + q0.to(tl.int64) * stride_dyq)
         a = tl.load((dy_block + dy_in_block)[None, :] + k_abs.to(tl.int64)[:, None] * stride_dyk,
                     mask=k_ok[:, None] & row_ok[None, :], other=0.)
+        if ACTIVATION != 0:
+            y_rows = (y_ptr + (n.to(tl.int64) * stride_yn + p0.to(tl.int64) * stride_yp + q0.to(tl.int64) * stride_yq)
+                      + ip.to(tl.int64) * stride_yp + iq.to(tl.int64) * stride_yq)
+            y = tl.load(y_rows[None, :] + k_abs.to(tl.int64)[:, None] * stride_yk, mask=k_ok[:, None] & row_ok[None, :],
+                        other=0.)
+            a = through_activation(a, y, ACTIVATION)
         if WEIGHT_GRAD:
             h0 = p0 * conv_stride_h - pad_h  # the block's first window corner
             w0 = q0 * conv_stride_w - pad_w

@@ -1,0 +1,139 @@
+"""conv2d with a fused activation (issue 16): relu or sigmoid in the forward's epilogue and its
+derivative in the backward kernels' loads of dy, against torch's conv followed by the
+activation; nn.Conv2d carrying it, and convert(fuse=True)."""
+import contextlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import convtri
+import parity
+from test_conv2d import reduction_lengths
+from test_host_path import PassThrough
+
+ACTIVATIONS = {"relu": F.relu, "sigmoid": torch.sigmoid}
+
+CL, NCHW = torch.channels_last, torch.contiguous_format
+CASES = [
+    ((2, 3, 9, 8), (4, 3, 3, 3), dict(stride=2, padding=1), NCHW),  # few channels (FLAT_TAPS), two stride phases
+    ((2, 20, 7, 6), (24, 20, 3, 3), dict(padding=1), NCHW),  # tap by tap, NCHW copied to channels_last (y too)
+    ((2, 20, 7, 6), (24, 20, 3, 3), dict(stride=2), CL),  # tap by tap on channels_last as it is
+    ((4, 6, 14, 14), (16, 6, 5, 5), {}, NCHW),  # LeNet's C3
+    ((2, 4, 7, 7), (6, 2, 3, 3), dict(groups=2, dilation=2, padding=2), CL),  # groups, dilation
+]
+
+
+def reference(activation):
+    return lambda x, w, b, **kwargs: ACTIVATIONS[activation](F.conv2d(x, w, b, **kwargs))
+
+
+def check(x, w, b, activation, **kwargs):
+    lengths = lambda y: reduction_lengths(x, w, y, **kwargs)
+    ours = lambda *tensors, **k: convtri.conv2d(*tensors, activation=activation, **k)
+    return parity.check_parity(ours, reference(activation), (x, w, b), lengths, **kwargs)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("x_shape, w_shape, kwargs, layout", CASES)
+def test_parity_float64(x_shape, w_shape, kwargs, layout, activation, device):
+    x = torch.randn(x_shape, dtype=torch.float64, device=device).to(memory_format=layout)
+    w = torch.randn(w_shape, dtype=torch.float64, device=device)
+    check(x, w, torch.randn(w_shape[0], dtype=torch.float64, device=device), activation, **kwargs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_parity_low_precision(activation, dtype, device):
+    # tensor-core sized channels, strided: the activation in the low-precision epilogue and loads
+    x = torch.randn(2, 16, 9, 9, dtype=dtype, device=device)
+    w = torch.randn(32, 16, 3, 3, dtype=dtype, device=device) / 4
+    check(x, w, torch.randn(32, dtype=dtype, device=device), activation, stride=2, padding=1)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_gradcheck(activation, device):
+    # reflect padding: the activation's derivative also reaches the padded buffer's fold
+    x = torch.randn(1, 2, 4, 3, dtype=torch.float64, device=device, requires_grad=True)
+    w = torch.randn(2, 2, 2, 2, dtype=torch.float64, device=device, requires_grad=True)
+    b = torch.randn(2, dtype=torch.float64, device=device, requires_grad=True)
+    fn = lambda x, w, b: convtri.conv2d(x, w, b, padding=1, padding_mode="reflect", activation=activation)
+    assert torch.autograd.gradcheck(fn, (x, w, b))
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_custom_op_route_agrees_bitwise(activation):
+    # under a dispatch mode the op and its backward ops run: the output and the gradients are
+    # the eager route's, bit for bit
+    x, w, b = (torch.randn(2, 20, 6, 6, requires_grad=True), torch.randn(8, 20, 3, 3, requires_grad=True),
+               torch.randn(8, requires_grad=True))
+    results = []
+    for mode in (None, PassThrough()):
+        with mode or contextlib.nullcontext():
+            y = convtri.conv2d(x, w, b, activation=activation)
+            results.append([y, *torch.autograd.grad(y, (x, w, b), torch.ones_like(y))])
+        if mode is not None:
+            assert {"convtri::conv2d", "convtri::conv2d_dgrad", "convtri::conv2d_wgrad"} <= set(mode.ops)
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+def test_opcheck():
+    x, w, b = torch.randn(2, 3, 6, 5, dtype=torch.float64, requires_grad=True), torch.randn(
+        4, 3, 3, 3, dtype=torch.float64, requires_grad=True), torch.randn(4, dtype=torch.float64, requires_grad=True)
+    geometry = ([1, 1], [1, 1, 1, 1], [1, 1], 1, "zeros")
+    torch.library.opcheck(torch.ops.convtri.conv2d, (x, w, b, *geometry, "sigmoid"))
+    y = torch.ops.convtri.conv2d(x.detach(), w.detach(), b.detach(), *geometry, "relu")
+    dy = torch.randn_like(y)
+    torch.library.opcheck(torch.ops.convtri.conv2d_dgrad, (dy, w.detach(), list(x.shape), False, *geometry, y, "relu"))
+    torch.library.opcheck(torch.ops.convtri.conv2d_wgrad, (x.detach(), dy, w.detach(), *geometry, True, True, y,
+                                                           "relu"))
+
+
+@pytest.mark.parametrize("call, error, words", [
+    (lambda: convtri.conv2d(torch.randn(1, 1, 3, 3), torch.randn(1, 1, 1, 1), activation="tanh"), ValueError,
+     "activation must be one of \\[None, 'relu', 'sigmoid'\\], got 'tanh'"),
+    (lambda: convtri.conv2d(torch.randn(1, 1, 3, 3), torch.randn(1, 1, 1, 1), activation=torch.relu), TypeError,
+     "activation must be None, 'relu' or 'sigmoid'"),
+    (lambda: convtri.nn.Conv2d(1, 1, 1, activation="gelu"), ValueError, "activation must be one of"),
+    (lambda: torch.ops.convtri.conv2d_dgrad(torch.randn(1, 1, 3, 3), torch.randn(1, 1, 1, 1), [1, 1, 3, 3], False,
+                                            [1, 1], [0, 0, 0, 0], [1, 1], 1, "zeros", None, "relu"), RuntimeError,
+     "expected the forward's output exactly with an activation"),
+])
+def test_bad_activation(call, error, words):
+    with pytest.raises(error, match=words):
+        call()
+
+
+@pytest.mark.parametrize("variant", ["d2l", "modern"])
+def test_convert_fuse_keeps_parameters_outputs_and_gradients(variant):
+    torch.manual_seed(0)
+    plain = convtri.models.LeNet(variant).double()
+    fused = convtri.models.LeNet(variant).double()
+    fused.load_state_dict(plain.state_dict())
+    params = list(fused.parameters())
+    assert convtri.convert(fused, fuse=True) is fused
+    assert [p is q for p, q in zip(fused.parameters(), params)] == [True] * len(params)  # the same tensors
+    assert list(fused.state_dict()) == list(plain.state_dict())
+    act = "sigmoid" if variant == "d2l" else "relu"
+    assert [fused[i].activation for i in (0, 3)] == [act, act]
+    assert all(isinstance(fused[i], torch.nn.Identity) for i in (1, 4))
+    assert not isinstance(fused[8], torch.nn.Identity)  # linear layers' activations stay
+    x = torch.randn(4, 1, 28, 28, dtype=torch.float64)
+    outputs = []
+    for model in (plain, fused):
+        y = model(x)
+        y.square().sum().backward()
+        outputs.append([y.detach(), *[p.grad for p in model.parameters()]])
+    for a, b in zip(*outputs):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_convert_fuse_from_torch_layers():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(inplace=True), torch.nn.Sigmoid(),
+                                torch.nn.Conv2d(4, 2, 1), torch.nn.Sigmoid())
+    convtri.convert(model, fuse=True)
+    assert type(model[0]) is convtri.nn.Conv2d and model[0].activation == "relu"
+    assert type(model[2]) is torch.nn.Sigmoid  # one activation per convolution
+    assert model[3].activation == "sigmoid" and isinstance(model[4], torch.nn.Identity)
+    assert "activation='relu'" in repr(model[0])
