@@ -27,9 +27,9 @@ from convtri.models import LeNet, TorchLeNet
 # trains with Adam on small batches; the ReLU LeNet ("modern") with SGD and momentum.
 # tests/test_cli.py trains every pair on a small budget and checks it beats chance clearly.
 RECIPES = {
-    ("fashion-mnist", "d2l"): dict(optimizer="adam", lr=3e-3, momentum=None, batch_size=16, epochs=4),
+    ("fashion-mnist", "d2l"): dict(optimizer="adam", lr=3e-3, momentum=None, batch_size=8, epochs=3),
     ("fashion-mnist", "modern"): dict(optimizer="sgd", lr=0.02, momentum=0.9, batch_size=32, epochs=3),
-    ("digits", "d2l"): dict(optimizer="adam", lr=3e-3, momentum=None, batch_size=16, epochs=4),
+    ("digits", "d2l"): dict(optimizer="adam", lr=3e-3, momentum=None, batch_size=8, epochs=3),
     ("digits", "modern"): dict(optimizer="sgd", lr=0.02, momentum=0.9, batch_size=32, epochs=3),
 }
 DEFAULT_VARIANT = {"fashion-mnist": "d2l", "digits": "modern"}  # the chapter's network; ReLU for digits
