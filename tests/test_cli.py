@@ -27,13 +27,21 @@ pytest.importorskip("sklearn")  # the offline default dataset
 TINY = ["--dataset", "digits", "--limit", "48", "--batch-size", "16"]  # 3 steps an epoch
 
 
+@pytest.fixture(autouse=True)
+def _threads():
+    """A CPU run sets one thread for torch and numpy's BLAS (training.one_cpu_thread): give the
+    other test files back the counts they had."""
+    from threadpoolctl import threadpool_limits  # with scikit-learn, which these tests need anyway
+    threads = torch.get_num_threads()
+    with threadpool_limits(limits=None):  # restores the BLAS threads on exit
+        yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def torch_layers(monkeypatch):
     monkeypatch.setattr(training, "LeNet", TorchLeNet)
-    threads = torch.get_num_threads()
     torch.set_num_threads(1)  # LeNet's small steps: a second thread only waits on a busy machine
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture
