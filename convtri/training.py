@@ -179,8 +179,9 @@ def resolve(args, dataset, device):
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
     if settings["optimizer"] == "adam" and settings["momentum"] is not None:
-        raise UsageError(f"--momentum is SGD's; the {dataset}/{variant} recipe trains with Adam: "
-                         "leave --momentum out, or give --optimizer sgd")
+        why = "--optimizer adam" if args.optimizer else f"the {dataset}/{variant} recipe"
+        raise UsageError(f"--momentum is SGD's, and this run trains with Adam ({why}): leave --momentum out, "
+                         "or give --optimizer sgd")
     if settings["optimizer"] == "sgd" and settings["momentum"] is None:
         settings["momentum"] = 0.0
     return settings
