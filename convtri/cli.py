@@ -102,7 +102,7 @@ def number(kind, low, high=None, low_ok=True):
 def add_lenet_parser(commands, common):
     from convtri.data import DATASETS, DEFAULT_ROOT
     from convtri.models import VARIANTS
-    from convtri.training import CPU_LIMIT, DEFAULT_VARIANT, OPTIMIZERS, RECIPES
+    from convtri.settings import CPU_LIMIT, DEFAULT_VARIANT, OPTIMIZERS, RECIPES
     recipes = "\n".join(f"  {dataset:14} {variant:7} " + ", ".join(
         f"{key.replace('_', ' ')} {value:g}" if isinstance(value, float) else f"{key.replace('_', ' ')} {value}"
         for key, value in recipe.items() if value is not None) for (dataset, variant), recipe in RECIPES.items())

@@ -16,7 +16,7 @@ import urllib.error
 import pytest
 import torch
 
-from convtri import checkpoint, data, training
+from convtri import checkpoint, data, settings, training
 from convtri.cli import main
 from convtri.command import CommandError
 from convtri.models import LeNet, TorchLeNet
@@ -308,7 +308,7 @@ def test_every_recipe_learns(tmp_path, capsys, torch_layers, fashion_dir, datase
     status, printed, _ = run(capsys, "lenet", "--dataset", dataset, "--variant", variant, "--data", fashion_dir,
                              "--no-download", "--device", "cpu", "--out", tmp_path / "run")
     assert status == 0
-    recipe = training.RECIPES[(dataset, variant)]
+    recipe = settings.RECIPES[(dataset, variant)]
     assert f"{recipe['optimizer']} lr {recipe['lr']:g}" in printed[0]
     rows = read_metrics(tmp_path / "run")
     assert len(rows) == recipe["epochs"] and float(rows[-1]["test_acc"]) > 0.6, rows[-1]
@@ -328,7 +328,7 @@ def test_estimate_and_what_to_do_about_a_long_cpu_run(tmp_path, capsys, monkeypa
 def test_cpu_limits_fashion_mnist_by_default(tmp_path, capsys, torch_layers, fashion_dir, monkeypatch):
     # a plain `convtri lenet` that finds Fashion-MNIST ("auto") on CPU trains on --limit examples
     # per split (was the chapter's 10 epochs of 60,000 through the interpreter: 2.6 hours)
-    monkeypatch.setattr(training, "CPU_LIMIT", 100)  # the stand-in files hold fewer than the real limit
+    monkeypatch.setattr(settings, "CPU_LIMIT", 100)  # the stand-in files hold fewer than the real limit
     status, printed, _ = run(capsys, "lenet", "--data", fashion_dir, "--epochs", "1", "--device", "cpu",
                              "--out", tmp_path / "run")
     assert status == 0 and "fashion-mnist 100 train / 100 test" in printed[0]
