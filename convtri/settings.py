@@ -67,6 +67,9 @@ def read_saved(path, flag):
 
 def resume_settings(args):
     """(settings, checkpoint content) of the run in --resume DIR, with the --epochs and --data given."""
+    if not (Path(args.resume) / "checkpoint.pt").is_file():
+        raise UsageError(f"--resume {args.resume}: no checkpoint.pt there (a run writes one when its first "
+                         "epoch ends)")
     saved = read_saved(Path(args.resume) / "checkpoint.pt", "--resume")
     if saved["format"] != checkpoint.CHECKPOINT_FORMAT:
         raise UsageError(f"--resume {args.resume}: its checkpoint.pt is a finished network, not a checkpoint")

@@ -163,7 +163,7 @@ def test_eval_only(tmp_path, capsys, torch_layers):
     (["--dataset", "digits", "--optimizer", "adam", "--momentum", "0.5"], ["--momentum is SGD's", "--optimizer"]),
     (["--out", "a_file"], ["--out a_file is a file"]),  # was a FileExistsError traceback
     (["--out", "earlier_run"], ["--out earlier_run is not empty", "--overwrite", "--resume"]),
-    (["--resume", "earlier_run"], ["--resume earlier_run", "no such file"]),
+    (["--resume", "earlier_run"], ["--resume earlier_run: no checkpoint.pt there"]),
 ])
 def test_usage_errors_are_one_line_and_leave_nothing(tmp_path, monkeypatch, capsys, argv, words):
     monkeypatch.chdir(tmp_path)
