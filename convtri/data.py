@@ -48,6 +48,30 @@ CLASS_NAMES = {
 NUM_CLASSES = 10
 
 
+class MissingFilesError(FileNotFoundError):
+    """Fashion-MNIST's files are not all in ``root`` and were not to be downloaded."""
+
+    def __init__(self, root, missing, reason):
+        self.root, self.missing, self.reason = Path(root), list(missing), reason
+        super().__init__(_missing_message(self.root, self.missing, reason))
+
+
+class DownloadError(RuntimeError):
+    """Fetching Fashion-MNIST's missing files into ``root`` failed (no network, a bad mirror)."""
+
+    def __init__(self, root, missing, reason):
+        self.root, self.missing, self.reason = Path(root), list(missing), reason
+        super().__init__(_missing_message(self.root, self.missing, reason))
+
+
+class CorruptFileError(ValueError):
+    """An IDX file that is not what its name says: ``path`` and what is wrong with it."""
+
+    def __init__(self, path, problem):
+        self.path, self.problem = Path(path), problem
+        super().__init__(f"{path}: {problem}")
+
+
 # ----------------------------------------------------------------------------- IDX files
 
 def _read_bytes(path):
@@ -58,7 +82,7 @@ def _read_bytes(path):
     try:
         return gzip.decompress(data)
     except (OSError, EOFError, zlib.error) as err:
-        raise ValueError(f"{path}: corrupt gzip stream ({err})") from err
+        raise CorruptFileError(path, f"corrupt gzip stream ({err})") from err
 
 
 def _read_idx(path, magic):
@@ -67,16 +91,16 @@ def _read_idx(path, magic):
     ndim = magic & 0xFF
     header = 4 + 4 * ndim
     if len(data) < header:
-        raise ValueError(f"{path}: truncated IDX header: {len(data)} bytes, expected {header}")
+        raise CorruptFileError(path, f"truncated IDX header: {len(data)} bytes, expected {header}")
     found, *sizes = struct.unpack(f">{1 + ndim}I", data[:header])
     if found != magic:
-        raise ValueError(f"{path}: magic number {found}, expected {magic} "
-                         f"({'images' if magic == IMAGES_MAGIC else 'labels'})")
+        raise CorruptFileError(path, f"magic number {found}, expected {magic} "
+                                     f"({'images' if magic == IMAGES_MAGIC else 'labels'})")
     declared, actual = math.prod(sizes), len(data) - header
     if actual != declared:
         what = "truncated" if actual < declared else "trailing bytes"
-        raise ValueError(f"{path}: {what}: the header declares {' x '.join(map(str, sizes))} bytes of data, "
-                         f"the file holds {actual}")
+        raise CorruptFileError(path, f"{what}: the header declares {' x '.join(map(str, sizes))} bytes of data, "
+                                     f"the file holds {actual}")
     return sizes, np.frombuffer(data, dtype=np.uint8, offset=header)
 
 
@@ -85,11 +109,11 @@ def _load_split(images_path, labels_path):
     (n, rows, cols), pixels = _read_idx(images_path, IMAGES_MAGIC)
     (m,), labels = _read_idx(labels_path, LABELS_MAGIC)
     if (rows, cols) != (IMAGE_SIZE, IMAGE_SIZE):
-        raise ValueError(f"{images_path}: images are {rows}x{cols}, expected {IMAGE_SIZE}x{IMAGE_SIZE}")
+        raise CorruptFileError(images_path, f"images are {rows}x{cols}, expected {IMAGE_SIZE}x{IMAGE_SIZE}")
     if n != m:
-        raise ValueError(f"{images_path} holds {n} images but {labels_path} holds {m} labels")
+        raise CorruptFileError(labels_path, f"holds {m} labels but {images_path} holds {n} images")
     if m and labels.max() >= NUM_CLASSES:
-        raise ValueError(f"{labels_path}: label {labels.max()} out of range 0..{NUM_CLASSES - 1}")
+        raise CorruptFileError(labels_path, f"label {labels.max()} out of range 0..{NUM_CLASSES - 1}")
     images = torch.from_numpy(pixels.copy()).reshape(n, 1, rows, cols).float().div_(255)
     return TensorDataset(images, torch.from_numpy(labels.astype(np.int64)))
 
@@ -153,8 +177,8 @@ def _download_missing(root, directory, missing):
     for i, name in enumerate(missing):
         try:
             _download(f"{name}.gz", directory)
-        except (OSError, http.client.HTTPException) as err:
-            raise RuntimeError(_missing_message(root, missing[i:], f"the download failed: {err}")) from err
+        except (OSError, http.client.HTTPException, RuntimeError) as err:  # RuntimeError: an md5 mismatch
+            raise DownloadError(root, missing[i:], f"the download failed: {err}") from err
 
 
 # ----------------------------------------------------------------------------- loaders
@@ -164,13 +188,15 @@ def load_fashion_mnist(root, download=False):
 
     Uses the layout that holds the most of the four files. With ``download=True`` the missing
     ones are fetched from the official mirror into it (md5-checked); without a network that
-    raises a RuntimeError saying where to put the files.
+    raises a DownloadError (a RuntimeError), without ``download`` a MissingFilesError (a
+    FileNotFoundError), each saying where to put the files. A damaged file raises a
+    CorruptFileError (a ValueError) that names it.
     """
     root = Path(root).expanduser()
     directory, found = max(((d, _find_files(d)) for d in _layouts(root)), key=lambda pair: len(pair[1]))
     missing = [name for name in FASHION_MNIST_FILES if name not in found]
     if missing and not download:
-        raise FileNotFoundError(_missing_message(root, missing, "download=False"))
+        raise MissingFilesError(root, missing, "download=False")
     if missing:
         _download_missing(root, directory, missing)
         found = _find_files(directory)
@@ -225,7 +251,7 @@ def load_dataset(name="auto", root=None, download=True, verbose=True):
         return (*load_fashion_mnist(root, download), "fashion-mnist")
     try:
         return (*load_fashion_mnist(root, download), "fashion-mnist")
-    except (FileNotFoundError, RuntimeError) as err:
+    except (MissingFilesError, DownloadError) as err:
         if verbose:
             print(f"convtri: using scikit-learn's digits instead: {str(err).splitlines()[0]}")
         return (*load_digits(), "digits")

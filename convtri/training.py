@@ -1,10 +1,12 @@
-"""`convtri lenet`: train the chapter's LeNet on our ops, optionally beside a torch.nn twin,
-on one process or under torchrun (DDP)."""
+"""`convtri lenet`: train the chapter's LeNet on our ops, optionally beside a torch.nn twin, on one
+process or under torchrun (DDP). After every epoch the run saves metrics.csv and checkpoint.pt,
+so that a run stopped at any point keeps what it learned and can go on (--resume)."""
 import csv
+import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 
 import torch
@@ -13,17 +15,17 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from convtri import data
+from convtri import checkpoint, data
+from convtri.command import CommandError, UsageError, pick_device
 from convtri.figures import plot_curves, plot_filters
 from convtri.models import LeNet, TorchLeNet
+from convtri.settings import (EVAL_OPTIONS, RESUME_OPTIONS, check_options, check_out, describe, load_data,
+                              read_saved, resolve, resume_settings)
 
-# Defaults per dataset. Fashion-MNIST: the chapter's recipe. Digits (the offline default, run
-# through Triton's interpreter on CPU): ReLU/max-pool LeNet with momentum, which reaches 0.9 test
-# accuracy within a few epochs, so a plain `convtri lenet` takes minutes on 2 CPU cores.
-RECIPES = {
-    "fashion-mnist": dict(variant="d2l", epochs=10, batch_size=256, lr=0.9, momentum=0.0),
-    "digits": dict(variant="modern", epochs=3, batch_size=32, lr=0.02, momentum=0.9),
-}
+LONG_RUN_S = 600  # a CPU run estimated longer than this says so, and how to shorten it
+ESTIMATE_AFTER_BATCHES, ESTIMATE_AFTER_S = 4, 10.0  # the first estimate: after this many batches or seconds
+EVAL_SPEEDUP = 3  # an evaluation example costs about a third of a training one (forward only), until measured
+RUN_FILES = ("metrics.csv", "checkpoint.pt", "lenet.pt", "curves.png", "filters.png")
 
 
 @dataclass
@@ -53,16 +55,36 @@ class Run:
         self.held.clear()
 
     def say(self, *args):
+        """Print on rank 0, above the progress bar when one is showing."""
         if self.is_main:
-            print(*args, flush=True)
+            tqdm.write(" ".join(map(str, args)), file=sys.stdout)
+            sys.stdout.flush()
+
+    def synchronize(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+def one_cpu_thread():
+    """On CPU, one thread for torch and for numpy's BLAS, unless the user chose a count
+    (OMP_NUM_THREADS, OPENBLAS_NUM_THREADS). Triton's interpreter multiplies small blocks with
+    numpy, where a second BLAS thread gains nothing and, on a busy machine, costs: a LeNet run on
+    2 cores under load trained 17 examples/s with the default threads, 40 with one."""
+    if any(name in os.environ for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")):
+        return
+    torch.set_num_threads(1)
+    try:
+        from threadpoolctl import threadpool_limits  # installed with scikit-learn
+    except ImportError:
+        return
+    threadpool_limits(1)
 
 
 def start(device_choice):
     """The device, and torch.distributed when launched by torchrun (WORLD_SIZE > 1)."""
-    if device_choice == "auto":
-        device_choice = "cuda" if torch.cuda.is_available() else "cpu"
-    if device_choice == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("convtri lenet: --device cuda, but torch sees no CUDA GPU")
+    device_choice = pick_device(device_choice)
+    if device_choice == "cpu":
+        one_cpu_thread()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
         return Run(torch.device(device_choice))
@@ -76,55 +98,94 @@ def start(device_choice):
     return Run(device, rank, world_size)
 
 
-def make_loaders(train, test, batch_size, seed, run):
-    """Shuffled training batches (a DistributedSampler's share under DDP) and test batches."""
-    generator = torch.Generator().manual_seed(seed)
-    sampler = DistributedSampler(train, run.world_size, run.rank, seed=seed) if run.world_size > 1 else None
+# ----------------------------------------------------------------------------- training
+
+def make_loaders(train, test, batch_size, run):
+    """Training batches (a DistributedSampler's share under DDP) and test batches. The shuffle
+    generator is reseeded per epoch (new_epoch), so a resumed run sees the same batches."""
+    generator = torch.Generator()
+    sampler = DistributedSampler(train, run.world_size, run.rank) if run.world_size > 1 else None
     train_loader = DataLoader(train, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
                               generator=generator, drop_last=False)
     return train_loader, DataLoader(test, batch_size=1024)
 
 
+def new_epoch(loader, seed, epoch):
+    loader.generator.manual_seed(seed * 1_000_003 + epoch)
+    if isinstance(loader.sampler, DistributedSampler):
+        loader.sampler.seed = seed
+        loader.sampler.set_epoch(epoch)
+
+
 @torch.no_grad()
-def accuracy(net, loader, device):
+def split_metrics(net, loader, device):
+    """(mean cross-entropy, accuracy) of ``net`` over ``loader``."""
     net.eval()
-    correct = total = 0
+    loss = correct = total = 0.0
     for x, y in loader:
-        correct += (net(x.to(device)).argmax(1) == y.to(device)).sum().item()
+        x, y = x.to(device), y.to(device)
+        logits = net(x)
+        loss += torch.nn.functional.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
         total += len(y)
     net.train()
-    return correct / max(total, 1)
+    return loss / max(total, 1), correct / max(total, 1)
+
+
+def make_optimizer(parameters, settings):
+    if settings["optimizer"] == "adam":
+        return torch.optim.Adam(parameters, lr=settings["lr"])
+    return torch.optim.SGD(parameters, lr=settings["lr"], momentum=settings["momentum"])
 
 
 class Trainee:
     """A network with its optimizer and the running sums of one epoch."""
 
-    def __init__(self, net, lr, momentum, run):
+    def __init__(self, net, settings, run):
         self.net = net.to(run.device)
         self.model = DistributedDataParallel(self.net) if run.world_size > 1 else self.net
-        self.optimizer = torch.optim.SGD(self.net.parameters(), lr=lr, momentum=momentum)
+        self.optimizer = make_optimizer(self.net.parameters(), settings)
         self.reset()
 
     def reset(self):
-        self.loss_sum = self.correct = self.count = 0.0
+        self.loss_sum = self.correct = self.count = self.seconds = 0.0
 
     def step(self, x, y):
+        """One training step (forward, cross-entropy, backward, update): the one place to change
+        how a step runs. Returns the batch's loss."""
         logits = self.model(x)
         loss = torch.nn.functional.cross_entropy(logits, y)
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
-        self.loss_sum += loss.item() * len(y)
+        value = loss.item()
+        self.loss_sum += value * len(y)
         self.correct += (logits.argmax(1) == y).sum().item()
         self.count += len(y)
+        return value
+
+    def timed_step(self, x, y, run):
+        run.synchronize()
+        started = time.perf_counter()
+        loss = self.step(x, y)
+        run.synchronize()
+        self.seconds += time.perf_counter() - started
+        return loss
 
     def epoch_stats(self, run):
-        """(mean loss, train accuracy) of the epoch over every rank."""
+        """(mean loss, train accuracy, examples/s) of the epoch over every rank."""
         sums = torch.tensor([self.loss_sum, self.correct, self.count], dtype=torch.float64, device=run.device)
         if run.world_size > 1:
             dist.all_reduce(*run.hold(sums))
         loss_sum, correct, count = sums.tolist()
-        return loss_sum / max(count, 1), correct / max(count, 1)
+        return loss_sum / max(count, 1), correct / max(count, 1), count / max(self.seconds, 1e-9)
+
+    def state(self):
+        return {"state_dict": self.net.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load(self, state):
+        self.net.load_state_dict(state["state_dict"])
+        self.optimizer.load_state_dict(state["optimizer"])
 
 
 def max_parameter_difference(a, b):
@@ -142,95 +203,238 @@ def check_replicas(net, run):
     return spread
 
 
-def resolve(args, dataset):
-    """Command-line values, with the dataset's recipe for the ones not given."""
-    recipe = RECIPES[dataset]
-    return {key: getattr(args, key) if getattr(args, key) is not None else value for key, value in recipe.items()}
+def duration(seconds):
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min" if seconds < 5400 else \
+        f"{seconds / 3600:.1f} h"
 
 
-def default_out_dir():
-    return Path("runs") / datetime.now().strftime("lenet-%Y%m%d-%H%M%S-%f")
+@dataclass
+class Clock:
+    """The run's time: the first estimate from the first batches, then from whole epochs."""
+    run: Run
+    settings: dict
+    train_size: int  # examples per epoch on this rank
+    test_size: int
+    epochs_left: int
+    started: float = field(default_factory=time.perf_counter)
+    estimated: bool = False
 
+    def after_batch(self, batches, examples, seconds, last):
+        """Print the whole run's estimate once, from the batches after the first (which pays for
+        compilation and autotuning on a GPU): ``examples`` trained in ``seconds`` since then; at
+        the latest after the ``last`` batch of the first epoch."""
+        early = batches > ESTIMATE_AFTER_BATCHES or seconds >= ESTIMATE_AFTER_S or last
+        if self.estimated or batches < 2 or not early:
+            return
+        self.estimated = True
+        rate = examples / max(seconds, 1e-9)
+        total = self.epochs_left * (self.train_size + self.test_size / EVAL_SPEEDUP) / rate
+        line = (f"estimate: about {duration(total)} for {self.epochs_left} epochs "
+                f"({rate:.0f} examples/s over batches 2-{batches})")
+        if total > LONG_RUN_S and self.run.device.type == "cpu":
+            line += (f"; that is long for a CPU, which runs our kernels through Triton's interpreter: shorten it "
+                     f"with --limit N (now {self.settings['limit'] or 'all'} examples per split) or --epochs N, "
+                     "or train on a GPU (--device cuda)")
+        self.run.say(line)
+
+    def left(self, epochs_done):
+        """Time left after ``epochs_done`` epochs of this session, from their wall time."""
+        spent = time.perf_counter() - self.started
+        return spent / epochs_done * (self.epochs_left - epochs_done)
+
+
+def train_epoch(epoch, ours, twin, loaders, run, clock, settings):
+    """One epoch over the training batches, both networks on the very same batches; its metrics row."""
+    train_loader, test_loader = loaders
+    new_epoch(train_loader, settings["seed"], epoch)
+    for trainee in (ours, twin):
+        if trainee:
+            trainee.reset()
+    show_bar = run.is_main and sys.stdout.isatty()  # elsewhere (a log file, a pipe) the epoch lines alone
+    batches = tqdm(train_loader, desc=f"epoch {epoch}/{settings['epochs']}", disable=not show_bar, leave=False,
+                   file=sys.stdout)
+    first_seconds = first_count = 0.0
+    for i, (x, y) in enumerate(batches, 1):
+        x, y = x.to(run.device), y.to(run.device)
+        loss = ours.timed_step(x, y, run)
+        if not math.isfinite(loss):
+            raise CommandError(f"the loss became {loss} in epoch {epoch}, batch {i}: the step is too large; "
+                               f"lower --lr (now {settings['lr']:g})")
+        if twin:
+            twin.timed_step(x, y, run)
+        if i == 1:
+            first_seconds, first_count = ours.seconds + (twin.seconds if twin else 0), ours.count
+        clock.after_batch(i, ours.count - first_count, ours.seconds + (twin.seconds if twin else 0) - first_seconds,
+                          last=i == len(train_loader))
+    loss, train_acc, rate = ours.epoch_stats(run)
+    test_loss, test_acc = split_metrics(ours.net, test_loader, run.device)
+    row = dict(epoch=epoch, loss=loss, train_acc=train_acc, test_loss=test_loss, test_acc=test_acc,
+               examples_per_s=rate * run.world_size)
+    if twin:
+        twin_loss, twin_train_acc, twin_rate = twin.epoch_stats(run)
+        row.update(torch_loss=twin_loss, torch_train_acc=twin_train_acc,
+                   torch_test_acc=split_metrics(twin.net, test_loader, run.device)[1],
+                   torch_examples_per_s=twin_rate * run.world_size,
+                   max_param_diff=max_parameter_difference(ours.net, twin.net))
+    return row
+
+
+def epoch_line(row, settings, left):
+    line = (f"epoch {row['epoch']}/{settings['epochs']}: loss {row['loss']:.4f}, train acc {row['train_acc']:.3f}, "
+            f"test acc {row['test_acc']:.3f}, {row['examples_per_s']:.0f} examples/s")
+    if "torch_loss" in row:
+        line += (f" | torch twin: loss {row['torch_loss']:.4f}, train acc {row['torch_train_acc']:.3f}, "
+                 f"test acc {row['torch_test_acc']:.3f}, {row['torch_examples_per_s']:.0f} examples/s; "
+                 f"largest parameter difference {row['max_param_diff']:.2e}")
+    return line + (f" (about {duration(left)} left)" if row["epoch"] < settings["epochs"] else "")
+
+
+# ----------------------------------------------------------------------------- saving
+
+@dataclass
+class Saver:
+    """Writes a run's folder, created at the first save (so a run stopped before its first epoch
+    ends leaves none); with --overwrite, the outputs of an earlier run there go at that moment."""
+    out: Path
+    settings: dict
+    overwrite: bool = False
+    saved_epoch: int = 0  # the last epoch on disk
+
+    def epoch(self, rows, ours, twin):
+        """metrics.csv and checkpoint.pt after an epoch."""
+        if not self.out.exists() or self.overwrite:
+            self.out.mkdir(parents=True, exist_ok=True)
+            for name in RUN_FILES if self.overwrite else ():
+                (self.out / name).unlink(missing_ok=True)
+            self.overwrite = False
+        with open(self.out / "metrics.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[-1]))
+            writer.writeheader()
+            writer.writerows(rows)
+        epoch = rows[-1]["epoch"]
+        content = checkpoint.network_file(ours.net, self.settings["variant"], self.settings, epoch)
+        content.update(format=checkpoint.CHECKPOINT_FORMAT, optimizer=ours.optimizer.state_dict(), rows=rows,
+                       twin=twin.state() if twin else None)
+        checkpoint.save(content, self.out / "checkpoint.pt")
+        self.saved_epoch = epoch
+
+    def finish(self, rows, net, test, title):
+        """curves.png, filters.png and lenet.pt once the last epoch is done."""
+        plot_curves(rows, self.out / "curves.png", title)
+        image, label = test[0]
+        plot_filters(net, image.to(next(net.parameters()).device), self.out / "filters.png",
+                     f"{title}\nlearned C1 kernels and their feature maps of a test image "
+                     f"({data.CLASS_NAMES[self.settings['dataset']][label]})")
+        checkpoint.save(checkpoint.network_file(net, self.settings["variant"], self.settings, rows[-1]["epoch"]),
+                        self.out / "lenet.pt")
+
+    def interrupted(self, epoch):
+        if not self.saved_epoch:
+            return f"interrupted in epoch {epoch}, before any epoch ended: nothing saved"
+        return (f"interrupted in epoch {epoch}; {self.out} keeps metrics.csv and checkpoint.pt of epoch "
+                f"{self.saved_epoch}: go on with `convtri lenet --resume {self.out}`")
+
+
+# ----------------------------------------------------------------------------- the commands
 
 def lenet(args):
-    """The `convtri lenet` command. Returns the final metrics."""
+    """The `convtri lenet` command. Returns the final metrics row."""
+    if args.eval_only:
+        check_options(args, EVAL_OPTIONS, "--eval-only")
+        return evaluate(args)
+    if args.resume:
+        check_options(args, RESUME_OPTIONS, "--resume")
+        settings, saved = resume_settings(args)
+        out = Path(args.resume)
+    else:
+        settings, saved, out = None, None, check_out(args)
     run = start(args.device)
-    train, test, dataset = data.load_dataset(args.dataset, args.data, download=not args.no_download,
-                                             verbose=run.is_main)
-    train, test = data.limit(train, args.limit), data.limit(test, args.limit)
-    hp = resolve(args, dataset)
-    out = Path(args.out) if args.out else default_out_dir()
-    if run.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    run.say(f"convtri lenet: {dataset}, {len(train)} train / {len(test)} test examples, variant {hp['variant']}, "
-            f"{hp['epochs']} epochs, batch {hp['batch_size']}, SGD lr {hp['lr']} momentum {hp['momentum']}, "
-            f"device {run.device}" + (f" x {run.world_size} processes" if run.world_size > 1 else "")
-            + (" (Triton interpreter)" if run.device.type == "cpu" else ""))
+    try:
+        return train(args, run, settings, saved, out)
+    finally:
+        run.finish()
 
-    torch.manual_seed(args.seed)
-    ours = Trainee(LeNet(hp["variant"]), hp["lr"], hp["momentum"], run)
+
+def train(args, run, settings, saved, out):
+    """Load the data, train epoch after epoch saving each, and write the figures and lenet.pt."""
+    dataset = settings["dataset"] if settings else args.dataset
+    root = settings["data"] if settings else args.data
+    train_set, test_set, dataset = load_data(dataset, root, not args.no_download, run.is_main)
+    settings = settings or resolve(args, dataset, run.device.type)
+    full = len(train_set), len(test_set)
+    train_set, test_set = data.limit(train_set, settings["limit"] or None), data.limit(test_set, settings["limit"] or None)
+    info = describe(settings, run, train_set, test_set)
+    if len(train_set) < full[0]:
+        info += f" (--limit {settings['limit']} of {full[0]} / {full[1]}; --limit 0 for all)"
+    run.say(f"convtri lenet: {info}")
+
+    torch.manual_seed(settings["seed"])
+    ours = Trainee(LeNet(settings["variant"]), settings, run)
     twin = None
-    if args.compare_torch:
-        torch_net = TorchLeNet(hp["variant"])
-        torch_net.load_state_dict(ours.net.state_dict())  # the same initial weights
-        twin = Trainee(torch_net, hp["lr"], hp["momentum"], run)
-    train_loader, test_loader = make_loaders(train, test, hp["batch_size"], args.seed, run)
-
+    if settings["compare_torch"]:
+        twin = Trainee(TorchLeNet(settings["variant"]), settings, run)
+        twin.net.load_state_dict(ours.net.state_dict())  # the same initial weights
     rows = []
-    for epoch in range(1, hp["epochs"] + 1):
-        if isinstance(train_loader.sampler, DistributedSampler):
-            train_loader.sampler.set_epoch(epoch)
-        for trainee in (ours, twin):
-            if trainee:
-                trainee.reset()
-        ours_seconds = 0.0
-        batches = tqdm(train_loader, desc=f"epoch {epoch}/{hp['epochs']}", disable=not run.is_main, leave=False)
-        for x, y in batches:  # both networks see the very same batches
-            x, y = x.to(run.device), y.to(run.device)
-            if run.device.type == "cuda":
-                torch.cuda.synchronize(run.device)
-            started = time.perf_counter()
-            ours.step(x, y)
-            if run.device.type == "cuda":
-                torch.cuda.synchronize(run.device)
-            ours_seconds += time.perf_counter() - started
-            if twin:
-                twin.step(x, y)
-        loss, train_acc = ours.epoch_stats(run)
-        row = dict(epoch=epoch, loss=loss, train_acc=train_acc, test_acc=accuracy(ours.net, test_loader, run.device),
-                   examples_per_s=ours.count * run.world_size / max(ours_seconds, 1e-9))
-        line = (f"epoch {epoch}: loss {loss:.4f}, train acc {train_acc:.3f}, test acc {row['test_acc']:.3f}, "
-                f"{row['examples_per_s']:.0f} examples/s")
+    if saved:
+        ours.load(saved)
         if twin:
-            twin_loss, twin_train_acc = twin.epoch_stats(run)
-            row.update(torch_loss=twin_loss, torch_train_acc=twin_train_acc,
-                       torch_test_acc=accuracy(twin.net, test_loader, run.device),
-                       max_param_diff=max_parameter_difference(ours.net, twin.net))
-            line += (f" | torch twin: loss {twin_loss:.4f}, train acc {twin_train_acc:.3f}, "
-                     f"test acc {row['torch_test_acc']:.3f}; largest parameter difference {row['max_param_diff']:.2e}")
-        run.say(line)
-        rows.append(row)
+            twin.load(saved["twin"])
+        rows = list(saved["rows"])
+        run.say(f"resumed {out} after epoch {saved['epoch']}")
+    saver = Saver(out, settings, overwrite=args.overwrite and not saved, saved_epoch=saved["epoch"] if saved else 0)
+    loaders = make_loaders(train_set, test_set, settings["batch_size"], run)
+    first = len(rows) + 1
+    clock = Clock(run, settings, math.ceil(len(train_set) / run.world_size), len(test_set),
+                  settings["epochs"] - first + 1)
+    epoch = first
+    try:
+        for epoch in range(first, settings["epochs"] + 1):
+            rows.append(train_epoch(epoch, ours, twin, loaders, run, clock, settings))
+            if run.is_main:
+                saver.epoch(rows, ours, twin)
+            run.say(epoch_line(rows[-1], settings, clock.left(epoch - first + 1)))
+    except KeyboardInterrupt:
+        run.say(saver.interrupted(epoch))
+        raise
 
     if run.world_size > 1:
         check_replicas(ours.net, run)
-    if run.is_main:
-        write_outputs(out, rows, ours.net, test, dataset)
-        run.say(f"outputs in {out}: metrics.csv, curves.png, filters.png, lenet.pt")
     final = rows[-1]
+    if run.is_main:
+        saver.finish(rows, ours.net, test_set, f"convtri lenet: {info}")
+        run.say(f"outputs in {out}: {', '.join(RUN_FILES)}")
     run.say(f"final: loss {final['loss']:.4f} train_acc {final['train_acc']:.4f} test_acc {final['test_acc']:.4f} "
             f"examples_per_s {final['examples_per_s']:.1f}")
-    del ours, twin  # DDP's reducer holds the process group: let it go first
-    run.finish()
+    if twin:
+        run.say(speed_line(final, run))
+    del ours, twin  # DDP's reducer holds the process group: let it go before run.finish()
     return final
 
 
-def write_outputs(out, rows, net, test, dataset):
-    with open(out / "metrics.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    plot_curves(rows, out / "curves.png")
-    image, label = test[0]
-    plot_filters(net, image.to(next(net.parameters()).device), out / "filters.png",
-                 f"learned C1 kernels and their feature maps of a test image ({data.CLASS_NAMES[dataset][label]})")
-    torch.save({k: v.cpu() for k, v in net.state_dict().items()}, out / "lenet.pt")
+def speed_line(row, run):
+    ours, theirs = row["examples_per_s"], row["torch_examples_per_s"]
+    how = "our kernels in Triton's interpreter, the twin on torch's CPU kernels" if run.device.type == "cpu" \
+        else "the twin on cuDNN"
+    return (f"speed: convtri {ours:.1f} examples/s, torch twin {theirs:.1f} examples/s: ours runs at "
+            f"{ours / theirs:.2g}x the twin's ({how}; last epoch, training steps only)")
+
+
+def evaluate(args):
+    """--eval-only CHECKPOINT: the saved network's loss and accuracy on its dataset's test split."""
+    saved = read_saved(args.eval_only, "--eval-only")
+    if args.variant and args.variant != saved["variant"]:
+        try:
+            checkpoint.check_variant(args.eval_only, saved["variant"], args.variant, "--variant")
+        except ValueError as err:
+            raise UsageError(f"{err}; leave --variant out") from None
+    device = pick_device(args.device)
+    settings = saved["arguments"]
+    dataset = args.dataset if args.dataset != "auto" else settings["dataset"]
+    _, test_set, dataset = load_data(dataset, args.data or settings["data"], not args.no_download, True)
+    limit = settings["limit"] if args.limit is None else args.limit
+    test_set = data.limit(test_set, limit or None)
+    net = checkpoint.load_lenet(args.eval_only).to(device)
+    loss, accuracy = split_metrics(net, DataLoader(test_set, batch_size=1024), torch.device(device))
+    print(f"eval: {args.eval_only}, {saved['variant']} LeNet after epoch {saved['epoch']}, on {len(test_set)} "
+          f"{dataset} test examples: test_loss {loss:.4f} test_acc {accuracy:.4f}")
+    return dict(test_loss=loss, test_acc=accuracy)

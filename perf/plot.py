@@ -4,8 +4,10 @@
     python perf/plot.py --session GPU_SESSION_DIR --out-dir perf/results/<gpu>   # a perf/gpu_session.py folder
 
 Writes speedup_<suite>.png per suite, roofline.png, summary.png (geometric-mean speedup per
-op x dtype) and, with --readme, README.md holding the same table, the run's versions and
-commit and its exact command. A CPU smoke run is labelled as such on every page.
+op x dtype) and, with --readme, README.md: a paragraph generated from the CSVs (where convtri
+stands, per op, best and worst, peak rates, the largest gap), the same tables, the run's
+versions, commit and exact command. A CPU smoke run is labelled as such on every page. Every
+ratio is written one way, ``0.11×`` (two significant digits), by ratio_text.
 """
 import argparse
 import csv
@@ -19,8 +21,10 @@ from collections import defaultdict
 import matplotlib
 
 matplotlib.use("Agg")
+import matplotlib.colors  # noqa: E402
 import matplotlib.lines  # noqa: E402
 import matplotlib.patches  # noqa: E402
+import matplotlib.patheffects  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
@@ -35,6 +39,11 @@ OP_COLORS = {"fwd": "tab:blue", "dgrad": "tab:orange", "wgrad": "tab:green", "bw
 SMOKE_BANNER = "CPU SMOKE RUN (Triton interpreter): not a performance measurement"
 WRONG_BAR = dict(facecolor="lightgrey", hatch="///", edgecolor="red", linewidth=0.8)
 FAILED_MARK = dict(marker="x", color="red", markersize=7, linestyle="none")
+NOT_MEASURED_MARK = dict(marker="o", markerfacecolor="none", markeredgecolor="grey", markersize=5, linestyle="none")
+NOT_MEASURED = "not measured"
+PROVIDER_NAMES = {"cudnn": "cuDNN", "torch": "torch", "torch-cpu": "torch's CPU ops", OURS: OURS}
+SPEEDUP_CMAP = "RdBu"  # diverging: red slower than the baseline, white 1×, blue faster
+ROOFLINE_LABELS = 3  # points named per roofline panel: our fastest, the baseline's fastest, our worst ratio
 DPI = 110
 MIN_WIDTH = 9.0  # inches: the two header lines fit at fontsize 9
 MAX_SPEEDUP_TICKS = 8  # labelled powers of two on a speedup axis, so that labels never overlap
@@ -74,6 +83,20 @@ def usable(row):
     return row["ok"] and row["speedup"] > 0 and math.isfinite(row["speedup"])
 
 
+def geomean(values):
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else math.nan
+
+
+def suite_shapes(suite):
+    """The shape names perf/shapes.py lists for ``suite``, so that the ones not measured show;
+    none where shapes.py is not beside this script or does not know the suite."""
+    try:
+        import shapes
+        return [shape.name for shape in shapes.SUITES.get(suite, [])]
+    except Exception:  # plot.py also runs on CSVs alone
+        return []
+
+
 def geomean_table(rows, provider=OURS, by="kind"):
     """{(row[by], op): {dtype: (geomean speedup or nan, rows used, rows excluded)}}, ``by`` being
     "kind" (conv or pool) or "suite"."""
@@ -84,8 +107,7 @@ def geomean_table(rows, provider=OURS, by="kind"):
     table = defaultdict(dict)
     for (key, dtype), group in groups.items():
         used = [row["speedup"] for row in group if usable(row)]
-        gm = math.exp(sum(math.log(s) for s in used) / len(used)) if used else math.nan
-        table[key][dtype] = (gm, len(used), len(group) - len(used))
+        table[key][dtype] = (geomean(used), len(used), len(group) - len(used))
     firsts = ordered([first for first, _ in table], ["conv", "pool"] if by == "kind" else unique(rows, by))
     return {(first, op): table[(first, op)] for first in firsts
             for op in ordered([o for f, o in table if f == first], OP_ORDER)}
@@ -93,7 +115,7 @@ def geomean_table(rows, provider=OURS, by="kind"):
 
 def baseline_label(rows):
     names = unique([row for row in rows if row["provider"] == OURS], "baseline")
-    return " / ".join(names)
+    return " / ".join(PROVIDER_NAMES.get(name, name) for name in names)
 
 
 def header_lines(rows):
@@ -119,49 +141,67 @@ def _title(fig, rows, title):
 # ----------------------------------------------------------------------------- plots
 
 def plot_speedup(rows, suite, path):
-    """convtri's speedup over the baseline per shape, one panel per (dtype, layout), bars by op."""
+    """convtri's speedup over the baseline per shape, one panel per (dtype, layout), bars by op.
+    A point the sweep did not measure (a shape of the suite, or an op of a measured shape) is
+    marked as such rather than left out; returns those points as (dtype, layout, op, shape)."""
     rows = [row for row in rows if row["suite"] == suite and row["provider"] == OURS]
     combos = [(d, lay) for d in ordered(unique(rows, "dtype"), DTYPE_ORDER) for lay in unique(rows, "layout")
               if any(row["dtype"] == d and row["layout"] == lay for row in rows)]
-    names = unique(rows, "shape")
+    measured = unique(rows, "shape")
+    names = [n for n in suite_shapes(suite) if n in measured or not is_smoke(rows)]
+    names += [n for n in measured if n not in names]
     ops = ordered(unique(rows, "op"), OP_ORDER)
     width = 0.8 / len(ops)
     finite = [row["speedup"] for row in rows if row["speedup"] > 0 and math.isfinite(row["speedup"])] or [1.0]
     low, high = min(min(finite), 1.0) / 1.6, max(max(finite), 1.0) * 1.6
     fig, axes = plt.subplots(len(combos), 1, squeeze=False, layout="constrained",
                              figsize=(max(MIN_WIDTH, 2.5 + 0.22 * len(names) * len(ops)), 1.2 + 2.6 * len(combos)))
+    not_measured = []
     for ax, (dtype, layout) in zip(axes[:, 0], combos):
         panel = [row for row in rows if row["dtype"] == dtype and row["layout"] == layout]
         for j, op in enumerate(ops):
             at = {row["shape"]: row for row in panel if row["op"] == op}
-            x = {name: i + (j - (len(ops) - 1) / 2) * width for i, name in enumerate(names) if name in at}
-            good = [name for name in x if usable(at[name])]
-            wrong = [name for name in x if not usable(at[name]) and math.isfinite(at[name]["speedup"])]
-            failed = [name for name in x if not math.isfinite(at[name]["speedup"])]  # no time at all
+            x = {name: i + (j - (len(ops) - 1) / 2) * width for i, name in enumerate(names)}
+            good = [name for name in at if usable(at[name])]
+            wrong = [name for name in at if not usable(at[name]) and math.isfinite(at[name]["speedup"])]
+            failed = [name for name in at if not math.isfinite(at[name]["speedup"])]  # no time at all
+            missing = [name for name in names if name not in at]
+            not_measured += [(dtype, layout, op, name) for name in missing]
             ax.bar([x[n] for n in good], [at[n]["speedup"] for n in good], width, color=OP_COLORS.get(op, "grey"))
             ax.bar([x[n] for n in wrong], [at[n]["speedup"] for n in wrong], width, **WRONG_BAR)
             ax.plot([x[n] for n in failed], [low * 1.15] * len(failed), **FAILED_MARK)
+            ax.plot([x[n] for n in missing], [low * 1.15] * len(missing), **NOT_MEASURED_MARK)
         ax.axhline(1.0, color="black", linewidth=1)
         _speedup_axis(ax.yaxis, low, high)
         ax.set_xlim(-0.6, len(names) - 0.4)
         ax.set_xticks(np.arange(len(names)))
         ax.set_xticklabels(names, rotation=35, ha="right", fontsize=8)
+        for label, name in zip(ax.get_xticklabels(), names):
+            if name not in measured:
+                label.set_color("grey")
         ax.set_ylabel("speedup")
         ax.set_title(f"{dtype}, {layout}", fontsize=10, loc="left")
         ax.grid(axis="y", alpha=0.3)
         if ax is axes[0, 0]:
             handles = [matplotlib.patches.Patch(color=OP_COLORS.get(op, "grey"), label=op) for op in ops]
             handles += [matplotlib.patches.Patch(**WRONG_BAR, label="wrong result (excluded)"),
-                        matplotlib.lines.Line2D([], [], **FAILED_MARK, label="failed")]
+                        matplotlib.lines.Line2D([], [], **FAILED_MARK, label="failed"),
+                        matplotlib.lines.Line2D([], [], **NOT_MEASURED_MARK, label=NOT_MEASURED)]
             ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    unmeasured = [n for n in names if n not in measured]
+    dtypes = [d for d in DTYPE_ORDER if d not in unique(rows, "dtype")] if not is_smoke(rows) else []
+    gaps = ([f"{len(unmeasured)} of its {len(names)} shapes (grey names)"] if unmeasured else []) + (
+        [f"dtype{'s' if len(dtypes) > 1 else ''} {', '.join(dtypes)}"] if dtypes else [])
     _title(fig, rows, f"{suite}: convtri speedup over {baseline_label(rows)}, higher is better\n"
-                      f"(the baseline timed in NCHW and channels_last, the faster kept)")
+                      f"(the baseline timed in NCHW and channels_last, the faster kept)"
+           + (f"\n{NOT_MEASURED}: " + "; ".join(gaps) if gaps else ""))
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
+    return not_measured
 
 
 def _speedup_axis(axis, low, high):
-    """A log axis with ticks at powers of two, 1x always among them, written 1/4x, 1x, 2x."""
+    """A log axis with ticks at powers of two, 1× always among them, written as ratio_text does."""
     axis.axes.set_yscale("log", base=2)
     axis.axes.set_ylim(low, high)
     exponents = range(math.floor(math.log2(low)), math.ceil(math.log2(high)) + 1)
@@ -172,10 +212,11 @@ def _speedup_axis(axis, low, high):
 
 
 def ratio_text(v):
-    """A speedup as text: 2x, 1.23x, 0.5x, and below 0.1 as a fraction, 1/2490x."""
+    """A ratio, the one way every page writes it: two significant digits and ×: 0.047×, 0.11×,
+    1×, 1.9×, 12×."""
     if not math.isfinite(v):
-        return "-"
-    return f"{v:.3g}x" if v >= 0.1 else f"1/{round(1 / v)}x"
+        return "–"
+    return f"{v:.2g}×" if v < 10 else f"{v:.0f}×"
 
 
 def plot_roofline(rows, path):
@@ -197,20 +238,58 @@ def plot_roofline(rows, path):
         wrong = [row for row in sub if not row["ok"]]
         ax.scatter([r["intensity"] for r in wrong], [r[metric] for r in wrong], s=60, marker="x", color="red")
         _draw_roof(ax, sub, kind)
+        _label_points(ax, sub, metric)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        low, high = ax.get_xlim()
+        if high < 10 * low:  # no power of ten to label on an axis within a decade: label the minor ticks
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.tick_params(axis="x", which="minor", labelsize=7)
         ax.set_xlabel("FLOP / byte" if kind == "conv" else "window taps / byte")
         ax.set_ylabel("TFLOP/s" if kind == "conv" else "GB/s")
         ax.set_title(f"{kind}, {dtype}", fontsize=10, loc="left")
         ax.grid(which="both", alpha=0.25)
         if j == len(dtypes) - 1:
             ax.scatter([], [], marker="o", facecolors="black", edgecolors="black", s=22, label=OURS)
-            ax.scatter([], [], marker="s", facecolors="none", edgecolors="black", s=22, label="baseline")
+            ax.scatter([], [], marker="s", facecolors="none", edgecolors="black", s=22, label=baseline_label(rows))
             ax.scatter([], [], marker="x", color="red", s=40, label="wrong result")
             ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     _title(fig, rows, "Roofline: achieved rate against minimum-traffic intensity")
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
+
+
+def roofline_picks(rows, metric):
+    """The points a reader looks for first, as (row, what): our fastest, the baseline's fastest,
+    and ours furthest behind its baseline."""
+    unit = "TFLOP/s" if metric == "tflops" else "GB/s"
+    ours = [row for row in rows if row["provider"] == OURS and usable(row)]
+    theirs = [row for row in rows if row["provider"] != OURS and math.isfinite(row[metric])]
+    picks = []
+    if ours:
+        best = max(ours, key=lambda row: row[metric])
+        picks.append((best, f"ours at best, {rate_text(best[metric])} {unit}"))
+    if theirs:
+        best = max(theirs, key=lambda row: row[metric])
+        picks.append((best, f"{PROVIDER_NAMES.get(best['provider'], best['provider'])} at best, "
+                            f"{rate_text(best[metric])} {unit}"))
+    if ours:
+        worst = min(ours, key=lambda row: row["speedup"])
+        picks.append((worst, f"ours furthest behind, {ratio_text(worst['speedup'])}"))
+    return picks[:ROOFLINE_LABELS]
+
+
+def _label_points(ax, rows, metric):
+    """Number roofline_picks' points and name them in a key placed where it hides the fewest points."""
+    handles = []
+    for number, (row, what) in enumerate(roofline_picks(rows, metric), 1):
+        ax.annotate(str(number), (row["intensity"], row[metric]), xytext=(3, 3), textcoords="offset points",
+                    fontsize=8, weight="bold",
+                    path_effects=[matplotlib.patheffects.withStroke(linewidth=2.5, foreground="white")])
+        handles.append(matplotlib.lines.Line2D([], [], marker=f"${number}$", color="black", linestyle="none",
+                                               label=f"{what}: {row['shape']} {row['op']} {row['layout']}"))
+    if handles:
+        ax.add_artist(ax.legend(handles=handles, loc="best", fontsize=6.5, handletextpad=0.3, framealpha=0.85))
 
 
 def _draw_roof(ax, rows, kind):
@@ -235,26 +314,45 @@ def _draw_roof(ax, rows, kind):
     ax.text(x[0], hbm * x[0] / 1e3, f" HBM {hbm / 1000:g} TB/s", va="bottom", fontsize=8, rotation=0)
 
 
+def log2_scale(values):
+    """(log2 of ``values``, nan where not finite; the colour scale's reach R): colours run from
+    2^-R to 2^R, so that 1× sits in the middle, and R is the smallest whole power of two that
+    holds every value."""
+    exponents = np.log2(values, where=np.isfinite(values), out=np.full_like(values, np.nan, dtype=float))
+    reach = max(1, math.ceil(np.nanmax(np.abs(exponents)))) if np.isfinite(exponents).any() else 1
+    return exponents, reach
+
+
 def plot_summary(rows, path):
-    """One page: geometric-mean speedup per op x dtype, for convtri (and torch.compile if run)."""
+    """One page: geometric-mean speedup per op x dtype, for convtri (and torch.compile if run),
+    coloured on a log scale centred at 1× (white); a cell not measured is grey and says so."""
     tables = {p: geomean_table(rows, p) for p in (OURS, "torch-compile") if any(row["provider"] == p for row in rows)}
     fig, axes = plt.subplots(len(tables), 1, squeeze=False, layout="constrained",
                              height_ratios=[len(table) for table in tables.values()],
                              figsize=(MIN_WIDTH, 1.8 + sum(0.8 + 0.55 * len(table) for table in tables.values())))
+    cmap = plt.get_cmap(SPEEDUP_CMAP).with_extremes(bad="#e6e6e6")
     for ax, (provider, table) in zip(axes[:, 0], tables.items()):
         keys = list(table)
-        dtypes = ordered({d for cells in table.values() for d in cells}, DTYPE_ORDER)
+        expected = set() if is_smoke(rows) else set(DTYPE_ORDER)  # a GPU sweep runs all three by default
+        dtypes = ordered({d for cells in table.values() for d in cells} | expected, DTYPE_ORDER)
         values = np.array([[table[k].get(d, (math.nan,))[0] for d in dtypes] for k in keys])
-        image = np.log2(np.where(np.isfinite(values), values, 1.0))
+        exponents, reach = log2_scale(values)
         if is_smoke(rows):  # no colours that read as a verdict
-            image = np.zeros_like(image)
-        ax.imshow(np.ma.masked_where(~np.isfinite(values), image), cmap="RdYlGn", vmin=-2, vmax=2, aspect="auto")
+            exponents = np.where(np.isfinite(exponents), 0.0, np.nan)
+        image = ax.imshow(np.ma.masked_invalid(exponents), cmap=cmap, vmin=-reach, vmax=reach, aspect="auto")
+        if not is_smoke(rows):
+            bar = fig.colorbar(image, ax=ax, shrink=0.9, pad=0.02)
+            step = max(1, math.ceil(2 * reach / MAX_SPEEDUP_TICKS))
+            ticks = [t for t in range(-reach, reach + 1) if t % step == 0]  # 1× among them
+            bar.set_ticks(ticks, labels=[ratio_text(2.0 ** t) for t in ticks])
+            bar.set_label("speedup (log scale, 1× white)", fontsize=8)
         for (i, key), (j, dtype) in ((a, b) for a in enumerate(keys) for b in enumerate(dtypes)):
             gm, used, excluded = table[key].get(dtype, (math.nan, 0, 0))
-            text = ratio_text(gm) + f"\nn={used}"
-            text += f", {excluded} excluded" if excluded else ""
-            dark = math.isfinite(gm) and abs(math.log2(gm)) > 1.3 and not is_smoke(rows)
-            ax.text(j, i, text, ha="center", va="center", fontsize=9, color="white" if dark else "black")
+            text = (ratio_text(gm) + f"\nn={used}") if used else NOT_MEASURED if not excluded else "all excluded"
+            text += f", {excluded} excluded" if excluded and used else ""
+            dark = math.isfinite(gm) and abs(math.log2(gm)) > 0.6 * reach and not is_smoke(rows)
+            ax.text(j, i, text, ha="center", va="center", fontsize=9,
+                    color="white" if dark else "black" if used else "dimgrey")
         ax.set_xticks(range(len(dtypes)))
         ax.set_xticklabels(dtypes)
         ax.set_yticks(range(len(keys)))
@@ -275,10 +373,76 @@ def markdown_table(rows, provider=OURS, by="kind"):
         out = []
         for d in dtypes:
             gm, used, excluded = cells.get(d, (math.nan, 0, 0))
-            out.append(ratio_text(gm) + f" (n={used}"
-                       + (f", {excluded} excluded)" if excluded else ")"))
+            if not used:
+                out.append(f"all {excluded} excluded" if excluded else NOT_MEASURED)
+                continue
+            out.append(ratio_text(gm) + f" (n={used}" + (f", {excluded} excluded)" if excluded else ")"))
         lines.append(f"| {first} {op} | " + " | ".join(out) + " |")
     return "\n".join(lines)
+
+
+def where(row):
+    return f"{row['shape']} {row['kind']} {row['op']} {row['dtype']} {row['layout']}"
+
+
+def rate_text(v):
+    return f"{v:,.0f}" if v >= 100 else f"{v:.2g}"
+
+
+def peak_sentence(rows, kind, metric, unit, peak_key):
+    """Per dtype: our highest rate against the baseline's, as shares of the GPU's peak when known."""
+    parts, all_suites = [], unique([row for row in rows if row["kind"] == kind], "suite")
+    for dtype in ordered(unique([row for row in rows if row["kind"] == kind], "dtype"), DTYPE_ORDER):
+        sub = [row for row in rows if row["kind"] == kind and row["dtype"] == dtype and math.isfinite(row[metric])]
+        ours = [row for row in sub if row["provider"] == OURS and usable(row)]
+        theirs = [row for row in sub if row["provider"] == row["baseline"]]
+        if not ours or not theirs:
+            continue
+        a, b = max(ours, key=lambda row: row[metric]), max(theirs, key=lambda row: row[metric])
+        peak, suites = a[peak_key], unique(sub, "suite")
+        notes = ([f"{100 * a[metric] / peak:.2g}% and {100 * b[metric] / peak:.2g}% of the {rate_text(peak)} {unit} "
+                  "peak"] if math.isfinite(peak) and peak > 0 else []) + (
+            [f"{', '.join(suites)} only"] if len(suites) < len(all_suites) else [])
+        parts.append(f"{dtype} {rate_text(a[metric])} against {rate_text(b[metric])} {unit}"
+                     + (f" ({'; '.join(notes)})" if notes else ""))
+    return ", ".join(parts)
+
+
+def story(rows):
+    """Where convtri stands, in a few sentences generated from the rows: how many points beat the
+    baseline, geomean and median per op, the best and worst points, the peak rates against the
+    baseline's, and the suites with the largest and the smallest gap."""
+    ours = [row for row in rows if row["provider"] == OURS and usable(row)]
+    if not ours:
+        return "No point of convtri both passed its correctness check and was timed."
+    faster = [row for row in ours if row["speedup"] >= 1]
+    faster_kinds = unique(faster, "kind")
+    per_kind = []
+    for kind in ordered(unique(ours, "kind"), ["conv", "pool"]):
+        ops = ordered(unique([row for row in ours if row["kind"] == kind], "op"), OP_ORDER)
+        ratios = {op: [row["speedup"] for row in ours if (row["kind"], row["op"]) == (kind, op)] for op in ops}
+        per_kind.append(f"{kind} " + ", ".join(f"{op} {ratio_text(geomean(r))} ({ratio_text(float(np.median(r)))})"
+                                               for op, r in ratios.items()))
+    best, worst = max(ours, key=lambda row: row["speedup"]), min(ours, key=lambda row: row["speedup"])
+    baselines = {kind: PROVIDER_NAMES.get(b, b) for kind in unique(ours, "kind")
+                 for b in unique([row for row in ours if row["kind"] == kind], "baseline")}
+    sentences = [
+        f"convtri is faster than its baseline at {len(faster)} of the {len(ours)} points that passed the "
+        f"correctness check" + (f" (all {faster_kinds[0]} points)" if len(faster_kinds) == 1 else "") + ".",
+        "Speedup per op, geometric mean (median): " + "; ".join(per_kind) + ".",
+        f"Best {ratio_text(best['speedup'])} ({where(best)}), worst {ratio_text(worst['speedup'])} ({where(worst)}).",
+    ]
+    for kind, metric, unit, peak_key, what in (("conv", "tflops", "TFLOP/s", "peak_tflops", "conv rate"),
+                                               ("pool", "gbps", "GB/s", "peak_gbps", "pooling bandwidth")):
+        peaks = peak_sentence(rows, kind, metric, unit, peak_key)
+        if peaks:
+            sentences.append(f"Highest {what}, ours against {baselines.get(kind, 'the baseline')}'s: {peaks}.")
+    suites = {suite: geomean([row["speedup"] for row in ours if row["suite"] == suite]) for suite in unique(ours, "suite")}
+    if len(suites) > 1:
+        lowest, highest = min(suites, key=suites.get), max(suites, key=suites.get)
+        sentences.append(f"The gap is largest in the {lowest} suite ({ratio_text(suites[lowest])} over its ops and "
+                         f"dtypes) and smallest in {highest} ({ratio_text(suites[highest])}).")
+    return " ".join(sentences)
 
 
 def write_readme(rows, out_dir, pngs, csv_names):
@@ -288,6 +452,7 @@ def write_readme(rows, out_dir, pngs, csv_names):
     parts = [f"# convtri performance: {gpu}", ""]
     if is_smoke(rows):
         parts += [f"**{SMOKE_BANNER}.** It checks that the pipeline runs; its numbers mean nothing.", ""]
+    parts += [f"**Where convtri stands** (written by `perf/plot.py` from the CSVs below): {story(rows)}", ""]
     baseline = ("torch's CPU ops" if is_smoke(rows) else
                 "cuDNN through torch for conv (cudnn.benchmark on), torch's native kernels for pooling")
     parts += [f"Geometric-mean speedup of convtri over {baseline}, each timed in NCHW and channels_last with the "

@@ -14,13 +14,9 @@ import pytest
 import torch
 
 from convtri import data
+from idx_files import idx_bytes, write_files
 
 SPLIT_SIZES = {"train": 5, "t10k": 3}  # examples per split in the synthetic files
-
-
-def idx_bytes(magic, array):
-    """An IDX file: magic, one big-endian uint32 per dim, then the uint8 payload."""
-    return struct.pack(f">{1 + array.ndim}I", magic, *array.shape) + array.astype(np.uint8).tobytes()
 
 
 def fashion_files(seed=0, side=data.IMAGE_SIZE):
@@ -34,13 +30,6 @@ def fashion_files(seed=0, side=data.IMAGE_SIZE):
         files[f"{split}-labels-idx1-ubyte"] = idx_bytes(data.LABELS_MAGIC, labels)
         arrays[split] = (images, labels)
     return files, arrays
-
-
-def write_files(directory, files, gz):
-    directory.mkdir(parents=True, exist_ok=True)
-    for name, content in files.items():
-        path = directory / (f"{name}.gz" if gz else name)
-        path.write_bytes(gzip.compress(content) if gz else content)
 
 
 def check_loaded(splits, arrays):
@@ -135,6 +124,7 @@ def test_corrupt_files(tmp_path, name, change, words, gz):
     with pytest.raises(ValueError, match=words) as err:
         data.load_fashion_mnist(tmp_path)
     assert str(tmp_path / (f"{name}.gz" if gz else name)) in str(err.value)
+    assert isinstance(err.value, data.CorruptFileError) and err.value.path == tmp_path / (f"{name}.gz" if gz else name)
 
 
 @pytest.mark.parametrize("damage", [
@@ -158,6 +148,8 @@ def test_missing_without_download(tmp_path, offline):
     # download=False: a FileNotFoundError naming the files and both directories, and no network call
     with pytest.raises(FileNotFoundError) as err:
         data.load_fashion_mnist(tmp_path)
+    # a MissingFilesError, whose fields let `convtri lenet` speak of its own flags
+    assert isinstance(err.value, data.MissingFilesError) and err.value.missing == list(data.FASHION_MNIST_FILES)
     message = str(err.value)
     assert "download=False" in message and "t10k-labels-idx1-ubyte.gz" in message
     assert f"{tmp_path}/" in message and str(tmp_path / "FashionMNIST" / "raw") in message
@@ -199,6 +191,7 @@ def test_no_network(tmp_path, offline):
     # the download fails: a RuntimeError saying what is missing and where to put it
     with pytest.raises(RuntimeError, match="the download failed: .*no network in tests") as err:
         data.load_fashion_mnist(tmp_path, download=True)
+    assert isinstance(err.value, data.DownloadError) and "no network in tests" in err.value.reason
     message = str(err.value)
     assert str(tmp_path / "FashionMNIST" / "raw") in message and "torchvision or d2l" in message
     assert list(tmp_path.iterdir()) == []
