@@ -149,6 +149,13 @@ def add_lenet_parser(commands, common):
     lenet.add_argument("--compare-torch", action="store_true",
                        help="also train a torch.nn twin from the same weights on the same batches, and compare "
                             "its results and speed with ours")
+    lenet.add_argument("--no-fuse", dest="fuse", action="store_false",
+                       help="run each convolution's activation as a layer of its own (default: fused into the "
+                            "convolution's kernels, forward and backward: convert(model, fuse=True))")
+    lenet.add_argument("--cuda-graph", action="store_true",
+                       help="CUDA only: after 3 eager steps, capture the whole training step (forward, backward, "
+                            "update) in a CUDA graph and replay it for each batch, with no host work per kernel; "
+                            "if the capture fails the run says why and goes on eagerly (default: eager steps)")
     return lenet
 
 

@@ -295,7 +295,8 @@ class Wgrad:
             kernels.conv2d_wgrad_kernel, grid, scalars, blocks,
             (kernels.conv2d_wgrad_configs, kernels.CONV_KEY, kernels.conv2d_wgrad_prune),
             WEIGHT_GRAD=tiles_w, BIAS_GRAD=bias_grad, PAD_MODE=geom.pad_mode, FLAT_TAPS=flat,
-            PRECISION=dot_precision(x), UPCAST=dot_upcast(x), Q_POW2=triton.next_power_of_2(q), ACTIVATION=activation)
+            PRECISION=dot_precision(x), UPCAST=dot_upcast(x), P_POW2=triton.next_power_of_2(p),
+            Q_POW2=triton.next_power_of_2(q), ACTIVATION=activation)
         self.sums = [_sum_splits(part, out, x) if part is not None else None for part, out in zip(self.parts,
                                                                                                  (self.dw, self.db))]
 

@@ -25,7 +25,7 @@ OPTIMIZERS = ("sgd", "adam")
 # Fashion-MNIST, so that a plain `convtri lenet` takes minutes there too. --limit 0 takes all.
 CPU_LIMIT = 2000
 # What --resume may change; the rest of a run's settings come from its checkpoint.
-RESUME_OPTIONS = {"resume", "epochs", "device", "data", "no_download", "debug"}
+RESUME_OPTIONS = {"resume", "epochs", "device", "data", "no_download", "debug", "cuda_graph"}
 EVAL_OPTIONS = {"eval_only", "device", "data", "no_download", "dataset", "variant", "limit", "debug"}
 
 
@@ -87,7 +87,7 @@ def resolve(args, dataset, device):
     rest, and on CPU the CPU_LIMIT when --limit is not given."""
     variant = args.variant or DEFAULT_VARIANT[dataset]
     settings = dict(RECIPES[(dataset, variant)], dataset=dataset, variant=variant, seed=args.seed,
-                    data=args.data, compare_torch=args.compare_torch,
+                    data=args.data, compare_torch=args.compare_torch, fuse=args.fuse,
                     limit=CPU_LIMIT if args.limit is None and device == "cpu" else args.limit or 0)
     for key in ("optimizer", "lr", "momentum", "batch_size", "epochs"):
         if getattr(args, key) is not None:
@@ -129,6 +129,7 @@ def describe(settings, run, train, test):
         f" momentum {settings['momentum']:g}" if settings["optimizer"] == "sgd" else "")
     device = f"{run.device}" + (f" x {run.world_size} processes" if run.world_size > 1 else "") + (
         " (Triton interpreter)" if run.device.type == "cpu" else "")
-    return (f"{settings['dataset']} {len(train)} train / {len(test)} test, {settings['variant']} LeNet, {recipe}, "
-            f"batch {settings['batch_size']}" + (" per process" if run.world_size > 1 else "")
+    return (f"{settings['dataset']} {len(train)} train / {len(test)} test, {settings['variant']} LeNet, {recipe}"
+            + (", activations fused into the convolutions" if settings.get("fuse") else "")
+            + f", batch {settings['batch_size']}" + (" per process" if run.world_size > 1 else "")
             + f", {settings['epochs']} epochs, {device}")

@@ -18,6 +18,8 @@ from tqdm import tqdm
 from convtri import checkpoint, data
 from convtri.command import CommandError, UsageError, pick_device
 from convtri.figures import plot_curves, plot_filters
+from convtri.convert import convert
+from convtri.graphs import GraphedStep
 from convtri.models import LeNet, TorchLeNet
 from convtri.settings import (EVAL_OPTIONS, RESUME_OPTIONS, check_options, check_out, describe, load_data,
                               read_saved, resolve, resume_settings)
@@ -132,37 +134,67 @@ def split_metrics(net, loader, device):
     return loss / max(total, 1), correct / max(total, 1)
 
 
-def make_optimizer(parameters, settings):
+def make_optimizer(parameters, settings, capturable=False):
+    """The recipe's optimizer; ``capturable``: its update can run inside a CUDA graph (Adam
+    keeps its step count on the device then; SGD's update is capturable as it is)."""
     if settings["optimizer"] == "adam":
-        return torch.optim.Adam(parameters, lr=settings["lr"])
+        return torch.optim.Adam(parameters, lr=settings["lr"], capturable=capturable)
     return torch.optim.SGD(parameters, lr=settings["lr"], momentum=settings["momentum"])
 
 
 class Trainee:
-    """A network with its optimizer and the running sums of one epoch."""
+    """A network with its optimizer and the running sums of one epoch. ``cuda_graph``: after
+    GRAPH_AFTER_STEPS eager steps, capture the whole step in a CUDA graph and replay it for
+    every batch of the same shape (convtri/graphs.py); if the capture fails, say why in one
+    line and go on eagerly."""
+    GRAPH_AFTER_STEPS = 3  # eager steps first: Triton compiles and autotunes, the optimizer makes its state
 
-    def __init__(self, net, settings, run):
+    def __init__(self, net, settings, run, cuda_graph=False):
         self.net = net.to(run.device)
         self.model = DistributedDataParallel(self.net) if run.world_size > 1 else self.net
-        self.optimizer = make_optimizer(self.net.parameters(), settings)
+        self.optimizer = make_optimizer(self.net.parameters(), settings, capturable=cuda_graph)
+        self.run, self.cuda_graph, self.graph, self.eager_steps = run, cuda_graph, None, 0
         self.reset()
 
     def reset(self):
         self.loss_sum = self.correct = self.count = self.seconds = 0.0
 
-    def step(self, x, y):
-        """One training step (forward, cross-entropy, backward, update): the one place to change
-        how a step runs. Returns the batch's loss."""
+    def _step(self, x, y):
+        """Forward, cross-entropy, backward, update, with the gradients already cleared: what a
+        CUDA graph captures. Returns (loss, correct predictions) as tensors."""
         logits = self.model(x)
         loss = torch.nn.functional.cross_entropy(logits, y)
-        self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
+        return loss.detach(), (logits.argmax(1) == y).sum()
+
+    def step(self, x, y):
+        """One training step: the one place to change how a step runs. Returns the batch's loss."""
+        if self.graph is not None and self.graph.fits(x, y):
+            loss, correct = self.graph(x, y)
+        else:
+            self.optimizer.zero_grad()
+            if self.cuda_graph and self.graph is None and self.eager_steps >= self.GRAPH_AFTER_STEPS:
+                self._capture(x, y)
+            if self.graph is not None and self.graph.fits(x, y):
+                loss, correct = self.graph(x, y)
+            else:
+                loss, correct = self._step(x, y)
+                self.eager_steps += 1
         value = loss.item()
         self.loss_sum += value * len(y)
-        self.correct += (logits.argmax(1) == y).sum().item()
+        self.correct += correct.item()
         self.count += len(y)
         return value
+
+    def _capture(self, x, y):
+        try:
+            self.graph = GraphedStep(self._step, x, y)
+        except Exception as e:  # noqa: BLE001 (any failure: the eager step still works)
+            self.cuda_graph = False
+            self.optimizer.zero_grad()
+            self.run.say(f"--cuda-graph: capture failed ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
+                         "training goes on without CUDA graphs")
 
     def timed_step(self, x, y, run):
         run.synchronize()
@@ -350,6 +382,8 @@ def lenet(args):
         settings, saved, out = None, None, check_out(args)
     run = start(args.device)
     try:
+        if args.cuda_graph and (run.device.type != "cuda" or run.world_size > 1):
+            raise UsageError("--cuda-graph needs one CUDA GPU (--device cuda, without torchrun); leave it out")
         return train(args, run, settings, saved, out)
     finally:
         run.finish()
@@ -369,7 +403,10 @@ def train(args, run, settings, saved, out):
     run.say(f"convtri lenet: {info}")
 
     torch.manual_seed(settings["seed"])
-    ours = Trainee(LeNet(settings["variant"]), settings, run)
+    net = LeNet(settings["variant"])
+    if settings.get("fuse"):  # a checkpoint from before --no-fuse existed: unfused
+        convert(net, fuse=True)  # the activations into the convolutions' kernels; the same parameters and keys
+    ours = Trainee(net, settings, run, cuda_graph=args.cuda_graph)
     twin = None
     if settings["compare_torch"]:
         twin = Trainee(TorchLeNet(settings["variant"]), settings, run)

@@ -361,9 +361,10 @@ def conv2d_wgrad_kernel(
     stride_db_split, stride_db,
     # conv parameters
     conv_stride_h, conv_stride_w, pad_h, pad_w, dil_h, dil_w,
-    # flags; Q_POW2: next_power_of_2(Q)
+    # flags; P_POW2, Q_POW2: next_power_of_2(P), next_power_of_2(Q)
     WEIGHT_GRAD: tl.constexpr, BIAS_GRAD: tl.constexpr, PAD_MODE: tl.constexpr, FLAT_TAPS: tl.constexpr,
-    PRECISION: tl.constexpr, UPCAST: tl.constexpr, Q_POW2: tl.constexpr, ACTIVATION: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr, P_POW2: tl.constexpr, Q_POW2: tl.constexpr,
+    ACTIVATION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """Weight and/or bias gradients over one of SPLIT slices of the N*P*Q reduction.
@@ -372,10 +373,10 @@ def conv2d_wgrad_kernel(
     db[split, k] = sum_{(n, p, q) in slice} dy[n, k, p, q]  (BIAS_GRAD only)
     GEMM per (group, r, s): M = K/GROUPS, N = C/GROUPS, reduced over the slice; with FLAT_TAPS
     (few channels) one GEMM per group whose N axis runs over (r, s, c), c fastest.
-    A reduction step takes BLOCK_K rows as a block of BLOCK_K / BLOCK_Q output rows p by
-    BLOCK_Q = min(Q_POW2, BLOCK_K) columns q of one image: a row's offsets are the block's
-    (scalar) plus its place in the block (fixed), so no row index is divided or carried.
-    The slices split the steps over (n, p block, q block).
+    A reduction step takes BLOCK_K rows as a block of images x output rows p x columns q,
+    each a power of two (columns first, up to Q_POW2; then rows; then images: on a GPU's 16 to
+    64 rows, one image): a row's offsets are the block's (scalar) plus its place in the block
+    (fixed), so no row index is divided or carried. The slices split the steps.
     One program computes a BLOCK_M x BLOCK_N tile for one (r, s, slice, group); the programs
     with the first column tile at r = s = 0 also reduce dy for the bias.
     Grid: (cdiv(K/GROUPS, BLOCK_M) * cdiv(C/GROUPS, BLOCK_N) * R*S, SPLIT, GROUPS), with FLAT_TAPS
@@ -414,20 +415,25 @@ def conv2d_wgrad_kernel(
     col_dh = (col_rs // S) * dil_h
     col_dw = (col_rs % S) * dil_w
 
-    # the steps over (n, p block, q block) of this slice
+    # the steps over (block of images, block of p rows, block of q columns) of this slice
     BLOCK_Q: tl.constexpr = Q_POW2 if Q_POW2 < BLOCK_K else BLOCK_K
+    BLOCK_P: tl.constexpr = P_POW2 if P_POW2 < BLOCK_K // BLOCK_Q else BLOCK_K // BLOCK_Q
+    BLOCK_I: tl.constexpr = BLOCK_K // (BLOCK_P * BLOCK_Q)  # images (1 for the GPU's blocks of rows)
     offs_j = tl.arange(0, BLOCK_K)
-    ip = offs_j // BLOCK_Q  # the row's place in a block
+    ii = offs_j // (BLOCK_P * BLOCK_Q)  # the row's place in a block: image, row, column
+    ip = (offs_j // BLOCK_Q) % BLOCK_P
     iq = offs_j % BLOCK_Q
     q_blocks = tl.cdiv(Q, BLOCK_Q)
-    p_blocks = tl.cdiv(P, BLOCK_K // BLOCK_Q)
-    steps = N * p_blocks * q_blocks
+    p_blocks = tl.cdiv(P, BLOCK_P)
+    steps = tl.cdiv(N, BLOCK_I) * p_blocks * q_blocks
     chunk = tl.cdiv(steps, SPLIT)
     start = split * chunk
     qb = start % q_blocks
     pb = (start // q_blocks) % p_blocks
-    n = start // (q_blocks * p_blocks)
-    dy_in_block = ip.to(tl.int64) * stride_dyp + iq.to(tl.int64) * stride_dyq
+    nb = start // (q_blocks * p_blocks)
+    dy_in_block = ii.to(tl.int64) * stride_dyn + ip.to(tl.int64) * stride_dyp + iq.to(tl.int64) * stride_dyq
+    y_in_block = ii.to(tl.int64) * stride_yn + ip.to(tl.int64) * stride_yp + iq.to(tl.int64) * stride_yq
+    x_in_image = ii.to(tl.int64) * stride_xn
     h_in_block = ip * conv_stride_h
     w_in_block = iq * conv_stride_w
 
@@ -435,31 +441,29 @@ def conv2d_wgrad_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_TYPE)
     db_acc = tl.zeros((BLOCK_M,), dtype=ACC_TYPE)
     for _ in range(start, tl.minimum(start + chunk, steps)):
-        p0 = pb * (BLOCK_K // BLOCK_Q)
+        n0 = nb * BLOCK_I
+        p0 = pb * BLOCK_P
         q0 = qb * BLOCK_Q
-        row_ok = (ip < P - p0) & (iq < Q - q0)
-        dy_block = dy_ptr + (n.to(tl.int64) * stride_dyn + p0.to(tl.int64) * stride_dyp
+        row_ok = (ii < N - n0) & (ip < P - p0) & (iq < Q - q0)
+        dy_block = dy_ptr + (n0.to(tl.int64) * stride_dyn + p0.to(tl.int64) * stride_dyp
                              + q0.to(tl.int64) * stride_dyq)
         a = tl.load((dy_block + dy_in_block)[None, :] + k_abs.to(tl.int64)[:, None] * stride_dyk,
                     mask=k_ok[:, None] & row_ok[None, :], other=0.)
         if ACTIVATION != 0:
-            y_rows = (y_ptr + (n.to(tl.int64) * stride_yn + p0.to(tl.int64) * stride_yp + q0.to(tl.int64) * stride_yq)
-                      + ip.to(tl.int64) * stride_yp + iq.to(tl.int64) * stride_yq)
-            y = tl.load(y_rows[None, :] + k_abs.to(tl.int64)[:, None] * stride_yk, mask=k_ok[:, None] & row_ok[None, :],
-                        other=0.)
+            y_block = y_ptr + (n0.to(tl.int64) * stride_yn + p0.to(tl.int64) * stride_yp + q0.to(tl.int64) * stride_yq)
+            y = tl.load((y_block + y_in_block)[None, :] + k_abs.to(tl.int64)[:, None] * stride_yk,
+                        mask=k_ok[:, None] & row_ok[None, :], other=0.)
             a = through_activation(a, y, ACTIVATION)
         if WEIGHT_GRAD:
             h0 = p0 * conv_stride_h - pad_h  # the block's first window corner
             w0 = q0 * conv_stride_w - pad_w
-            x_img = x_ptr + n.to(tl.int64) * stride_xn
+            x_img = x_ptr + n0.to(tl.int64) * stride_xn + x_in_image  # per row
             if FLAT_TAPS:  # a tap per column
                 h = h0 + h_in_block
                 w = w0 + w_in_block
                 x_corner = window_corner(x_img, h, w, stride_xh, stride_xw, PAD_MODE)
-                if PAD_MODE == 0:  # per row (other modes: the image)
-                    x_corner = x_corner[:, None]
-                x_pix, tap_ok = window_taps(x_corner, h[:, None], w[:, None], col_dh[None, :], col_dw[None, :], H, W,
-                                            stride_xh, stride_xw, PAD_MODE)
+                x_pix, tap_ok = window_taps(x_corner[:, None], h[:, None], w[:, None], col_dh[None, :],
+                                            col_dw[None, :], H, W, stride_xh, stride_xw, PAD_MODE)
                 x_mask = row_ok[:, None] & tap_ok & col_ok[None, :]
             else:  # one tap for the whole tile
                 h = h0 + tap_dh + h_in_block
@@ -476,7 +480,7 @@ def conv2d_wgrad_kernel(
             acc = dot_accumulate(acc, a, b, PRECISION, UPCAST)
         if BIAS_GRAD:
             db_acc += tl.sum(a.to(ACC_TYPE), axis=1)
-        qb, pb, n = next_block(qb, pb, n, q_blocks, p_blocks, 1)
+        qb, pb, nb = next_block(qb, pb, nb, q_blocks, p_blocks, 1)
 
     if WEIGHT_GRAD:
         dw_slice = dw_ptr + split.to(tl.int64) * stride_dw_split

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from convtri.convert import convert
 from convtri.models import VARIANTS, LeNet, TorchLeNet
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -67,6 +68,11 @@ def train_step(model, setup):
     return step
 
 
+def FusedLeNet(variant):
+    """Our LeNet with each convolution's activation fused into its kernels, as `convtri lenet` trains it."""
+    return convert(LeNet(variant), fuse=True)
+
+
 def graphed(build):
     """The step that ``build()`` returns, captured whole in a CUDA graph (static batch,
     gradients and optimizer state in the graph's pool); returns its replay."""
@@ -85,10 +91,13 @@ def compiled(model, setup):
 MODES = {
     "torch-eager": lambda s: train_step(_net(TorchLeNet, s), s),  # the torch.nn twin (cuDNN on a GPU)
     "ours-eager": lambda s: train_step(_net(LeNet, s), s),
+    "ours-fused": lambda s: train_step(_net(FusedLeNet, s), s),  # activations in the convolutions' kernels
     "ours-graph": lambda s: graphed(lambda: train_step(_net(LeNet, s), s)),  # the whole step, CUDA graph
+    "ours-fused-graph": lambda s: graphed(lambda: train_step(_net(FusedLeNet, s), s)),  # both: convtri lenet's default
+                                                                                       # network with --cuda-graph
     "torch-compile": lambda s: train_step(compiled(_net(TorchLeNet, s), s), s),
 }
-NEEDS_CUDA = {"ours-graph"}
+NEEDS_CUDA = {"ours-graph", "ours-fused-graph"}
 
 
 # ----------------------------------------------------------------------------- timing

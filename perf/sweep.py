@@ -25,6 +25,7 @@ import triton
 import triton.testing
 
 import convtri
+import convtri.graphs
 
 PERF_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, PERF_DIR)
@@ -120,27 +121,7 @@ def bench(fn, device, args):
     return tuple(float(t) for t in np.percentile(times, [50, 20, 80]))
 
 
-def capture_graph(build, warmup=3):
-    """A CUDA graph of one call of ``build()``'s callable, and that callable.
-
-    The callable is built and warmed up (cuDNN's benchmark, Triton's autotuner and the
-    allocator settle: none of them may run inside a capture) on a side stream, which the
-    capture then uses: a backward captured there runs on the stream of its forward, so the
-    forward of a saved output must run on it too. Replay with ``graph.replay()``; keep the
-    callable alive as long as the graph (it holds the graph's inputs).
-    """
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        fn = build()
-        for _ in range(warmup):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, stream=stream):
-        fn()
-    torch.cuda.synchronize()
-    return graph, fn
+capture_graph = convtri.graphs.capture  # a CUDA graph of one call of build()'s callable, and that callable
 
 
 def wall_seconds(fn, calls, cuda):

@@ -13,7 +13,7 @@ CONV_VARIANTS = [  # (kernel, constexpr flags besides the block sizes and FLAT_T
     (conv_kernels.conv2d_fwd_kernel, dict(HAS_BIAS=True, PAD_MODE=0, UPCAST=False, EVEN_BLOCKS=True), "conv2d-fwd"),
     (conv_kernels.conv2d_dgrad_kernel, dict(HAS_BIAS=False, UPCAST=False, EVEN_BLOCKS=True), "conv2d-dgrad"),
     (conv_kernels.conv2d_dgrad_kernel, dict(HAS_BIAS=True, UPCAST=False, EVEN_BLOCKS=False), "conv_transpose2d-fwd"),
-    (conv_kernels.conv2d_wgrad_kernel, dict(WEIGHT_GRAD=True, BIAS_GRAD=True, PAD_MODE=0, UPCAST=False, Q_POW2=16),
+    (conv_kernels.conv2d_wgrad_kernel, dict(WEIGHT_GRAD=True, BIAS_GRAD=True, PAD_MODE=0, UPCAST=False, P_POW2=16, Q_POW2=16),
      "conv2d-wgrad"),
 ]
 # (layout, FLAT_TAPS): the tap-by-tap GEMMs in both layouts; FLAT_TAPS serves few channels,
