@@ -170,14 +170,18 @@ def _interpreted(fn):
 
 
 @contextlib.contextmanager
-def _interpreting():
+def _interpreting(kernel=None):
     """Triton reads TRITON_INTERPRET once, when a function is decorated, so our kernels (and
     triton.language's own helpers such as tl.cdiv) are compiled-mode JITFunctions. Inside
     this context a call to any JITFunction from an interpreted kernel runs its interpreted
     body, as it would have under TRITON_INTERPRET=1. Outside, such a call is an error anyway.
     The interpreter's patches to triton.language are undone on exit, so that compiling for
-    a GPU later in the process sees the real language."""
+    a GPU later in the process sees the real language. The launched ``kernel``'s language is
+    patched first, so that it is restored last: each patch saves what it replaces, and a later
+    patch of the same names saves the patched ones."""
     patches = {}
+    if kernel is not None:
+        patches[kernel] = _patch_lang(kernel)
 
     def call_interpreted(self, *args, **kwargs):
         if self.fn not in patches:  # what InterpretedFunction.__call__ does, but undone on exit
@@ -299,7 +303,7 @@ class Launch:
     def _interpret(self, tensors):
         _check_interpreter()
         # IEEE arithmetic as on a GPU: inf and NaN propagate without numpy's warnings
-        with _interpreting(), np.errstate(all="ignore"):
+        with _interpreting(self.kernel.fn), np.errstate(all="ignore"):
             _interpreted(self.kernel.fn)[self.grid](*tensors, *self.scalars, **self.meta, **self.blocks)
 
 

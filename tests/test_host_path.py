@@ -223,3 +223,16 @@ def test_cuda_launch_binds_once_per_device_and_alignment(monkeypatch):
     for _ in range(3):
         launch._cuda(tensors)
     assert binds == [tensors[0].get_device()] and calls == [(4, 7), (4, 7)]
+
+
+def test_interpreter_leaves_triton_language_as_it_was():
+    """A kernel run through the interpreter patches triton.language (tl.sum, tl.static_range,
+    ...) and must undo every patch, or a GPU compile later in the process fails: the
+    launched kernel's patches are undone last (they saved the real functions)."""
+    import triton.language as tl
+    names = ("static_range", "range", "multiple_of", "reduce", "sum", "max_contiguous")
+    before = {name: getattr(tl, name) for name in names}
+    x, w = torch.randn(1, 3, 6, 6, requires_grad=True), torch.randn(4, 3, 3, 3, requires_grad=True)
+    convtri.conv2d(x, w).sum().backward()  # the wgrad kernel calls tl.sum
+    convtri.max_pool2d(x, 2).sum().backward()
+    assert {name: getattr(tl, name) for name in names} == before
