@@ -223,9 +223,9 @@ def _max_backward(grad_output, indices, input_size, input_channels_last, kernel_
     offsets = geom.offset_dtype()
     if (indices.dtype not in (torch.int64, offsets) or indices.shape != grad_output.shape
             or indices.device != grad_output.device):
-        raise RuntimeError(f"{op}: expected int64 flat indices or {offsets} window offsets of size "
-                           f"{list(grad_output.shape)} on {grad_output.device}, got {indices.dtype} of size "
-                           f"{list(indices.shape)} on {indices.device}")
+        raise RuntimeError(f"{op}: expected int64 indices of size {list(grad_output.shape)} on {grad_output.device} "
+                           f"(or {offsets} window offsets), got {indices.dtype} of size {list(indices.shape)} on "
+                           f"{indices.device}")
     return MaxBackward(grad_output, indices, tuple(input_size), memory_format(input_channels_last), geom)
 
 
