@@ -197,7 +197,7 @@ def _plan(plans, build, input, *arguments):
 def _max_pool2d_op(input: torch.Tensor, kernel_size: list[int], stride: list[int], padding: list[int],
                    dilation: list[int], ceil_mode: bool, indices: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(maxima, what ``indices`` asks for): "flat", torch's int64 flat h*W+w indices; "offsets",
-    each maximum's tap kh*KW+kw in its window (uint8 for windows of up to 256 taps), which is all
+    each maximum's tap kh*KW+kw in its window (a byte for windows of up to 256 taps), which is all
     max_pool2d_backward needs; "none", an empty int64 tensor."""
     plan = _plan(_MAX_PLANS, _max_plan, input, kernel_size, stride, padding, dilation, ceil_mode)
     y, saved = plan.forward(input, indices)

@@ -135,6 +135,14 @@ def _paired(x, geom, channels_last):
             and geom.kernel_size[1] >= 2 and x.stride(3) == 1)
 
 
+def _paired_windows(geom, channels_last, blocks):
+    """Whether a backward's row tiles take their windows as whole vectors, each window feeding
+    the two columns it covers: windows two columns wide, column stride 2, no column padding
+    (``column_windows``)."""
+    return (not channels_last and not geom.adaptive and (geom.kernel_size[1], geom.stride[1]) == (2, 2)
+            and geom.padding[1] == 0 and geom.dilation[1] == 1 and blocks["BLOCK_B"] >= 2)
+
+
 class MaxForward:
     """(y, saved) of max pooling for 4-D x, in x's memory format: ``indices`` says what ``saved``
     holds: torch's int64 flat indices (FLAT_INDICES), window offsets (WINDOW_OFFSETS, for our
@@ -188,7 +196,7 @@ class MaxBackward:
                 kernels.max_pool2d_bwd_kernel, grid,
                 (n, c, h, w, oh, ow, *dy.stride(), *saved.stride(), *self.dx.stride), blocks,
                 **geom.window(), COVER_H=cover_h, COVER_W=cover_w, FLAT_INDICES=saved.dtype == torch.int64,
-                CHANNELS_LAST=channels_last, ALIGN_DY=_align(channels_last, _layout(dy), _layout(saved)),
+                CHANNELS_LAST=channels_last, PAIRED=_paired_windows(geom, channels_last, blocks), ALIGN_DY=_align(channels_last, _layout(dy), _layout(saved)),
                 ALIGN_DX=_align(channels_last, (self.dx.size, self.dx.stride)))
 
     def __call__(self, dy, saved):
@@ -216,7 +224,7 @@ class AvgForward:
         if self.y.empty:
             return
         if geom.is_global():
-            self.launch = _global_average(x, self.y)
+            self.launch = _global_average(kernels.global_avg_pool2d_fwd_kernel, x, _layout(x), self.y.stride, True)
             return
         channels_last, blocks, grid = _tiling(x, self.y.size, self.y.stride)
         # One program: a tile of y, output pixels x channels or output rows x columns.
@@ -233,15 +241,17 @@ class AvgForward:
         return y
 
 
-def _global_average(x, y):
-    """The launch of global_avg_pool2d_kernel on x into y (an Output of N x C x 1 x 1)."""
-    n, c, h, w = x.shape
-    channels_last = bool(x.stride(1) < (x.stride(3) if w > 1 else x.stride(2)))  # channels closer than pixels
-    if is_interpreted(x):
+def _global_average(kernel, t, planes, small, forward):
+    """The launch of a global average pooling kernel: ``planes`` (sizes, strides) of the N x C x H
+    x W tensor it reads or writes, ``small`` the strides of the N x C x 1 x 1 one; ``t`` tells
+    the device and element size."""
+    (n, c, h, w), strides = planes
+    channels_last = bool(strides[1] < (strides[3] if w > 1 else strides[2]))  # channels closer than pixels
+    if is_interpreted(t):
         block_c = block(c, INTERPRETER_CHANNELS)
         block_p = block(h * w, INTERPRETER_TILE_NUMEL // block_c)
     else:
-        tile_numel = kernels.CUDA_TILE_BYTES // x.element_size()
+        tile_numel = kernels.CUDA_TILE_BYTES // t.element_size()
         if channels_last:
             block_c = block(c, kernels.CUDA_COLUMNS)
             block_p = block(h * w, tile_numel // block_c)
@@ -249,16 +259,17 @@ def _global_average(x, y):
             block_p = block(h * w, kernels.GLOBAL_PIXELS)
             block_c = block(c, tile_numel // block_p)
     # ALIGN over the strides but the contiguous one, and the extent of the contiguous axis
-    other = (x.stride(0), x.stride(2), x.stride(3), c) if channels_last else (x.stride(0), x.stride(1), h * w)
-    # One program: BLOCK_C channels of one image, summed over all its pixels.
-    return Launch(kernels.global_avg_pool2d_kernel, lambda meta: (n, triton.cdiv(c, meta["BLOCK_C"])),
-                  (n, c, h, w, *x.stride(), *y.stride[:2]), dict(BLOCK_P=block_p, BLOCK_C=block_c),
-                  FLAT_PLANES=h == 1 or x.stride(2) == w * x.stride(3), CHANNELS_LAST=channels_last,
-                  ALIGN=_power_of_two(other))
+    other = (strides[0], strides[2], strides[3], c) if channels_last else (strides[0], strides[1], h * w)
+    scalars = (*strides, *small[:2]) if forward else (*small[:2], *strides)
+    # One program: BLOCK_C channels of one image, all its pixels.
+    return Launch(kernel, lambda meta: (n, triton.cdiv(c, meta["BLOCK_C"])), (n, c, h, w, *scalars),
+                  dict(BLOCK_P=block_p, BLOCK_C=block_c), FLAT_PLANES=h == 1 or strides[2] == w * strides[3],
+                  CHANNELS_LAST=channels_last, ALIGN=_power_of_two(other))
 
 
 class AvgBackward:
-    """dx of average pooling (fixed or adaptive windows), with forward's divisor rule."""
+    """dx of average pooling (fixed or adaptive windows), with forward's divisor rule; of a
+    window that is the whole input, dy spread over it."""
 
     def __init__(self, dy, x_shape, x_format, geom):
         n, c, h, w = x_shape
@@ -266,16 +277,22 @@ class AvgBackward:
         self.dx = Output(x_shape, x_format, dy)
         self.no_window = oh * ow == 0  # nothing flows back
         self.launch = None
-        if not (self.dx.empty or self.no_window):
-            channels_last, blocks, grid = _tiling(dy, x_shape, self.dx.stride)
-            cover_h, cover_w = geom.cover_bound()
-            # One program: a tile of dx, input pixels x channels or input rows x columns, gathered
-            # from the windows that cover each pixel.
-            self.launch = Launch(kernels.avg_pool2d_bwd_kernel, grid,
-                                 (n, c, h, w, oh, ow, *dy.stride(), *self.dx.stride, geom.divisor_override or 1),
-                                 blocks, **_avg_flags(geom), COVER_H=cover_h, COVER_W=cover_w,
-                                 CHANNELS_LAST=channels_last, ALIGN_DY=_align(channels_last, _layout(dy)),
-                                 ALIGN_DX=_align(channels_last, (self.dx.size, self.dx.stride)))
+        if self.dx.empty or self.no_window:
+            return
+        if geom.is_global():
+            self.launch = _global_average(kernels.global_avg_pool2d_bwd_kernel, dy, (x_shape, self.dx.stride),
+                                          dy.stride(), False)
+            return
+        channels_last, blocks, grid = _tiling(dy, x_shape, self.dx.stride)
+        cover_h, cover_w = geom.cover_bound()
+        # One program: a tile of dx, input pixels x channels or input rows x columns, gathered
+        # from the windows that cover each pixel.
+        self.launch = Launch(kernels.avg_pool2d_bwd_kernel, grid,
+                             (n, c, h, w, oh, ow, *dy.stride(), *self.dx.stride, geom.divisor_override or 1),
+                             blocks, **_avg_flags(geom), COVER_H=cover_h, COVER_W=cover_w,
+                             CHANNELS_LAST=channels_last, PAIRED=_paired_windows(geom, channels_last, blocks),
+                             ALIGN_DY=_align(channels_last, _layout(dy)),
+                             ALIGN_DX=_align(channels_last, (self.dx.size, self.dx.stride)))
 
     def __call__(self, dy):
         dx = self.dx()

@@ -84,6 +84,15 @@ def column_pair(x_ptr, along_a, row_ok, W, Q: tl.constexpr, other, ALIGN: tl.con
 
 
 @triton.jit
+def column_windows(OW, ALIGN: tl.constexpr, BLOCK_B: tl.constexpr):
+    """Row tiles of windows two columns wide with column stride 2 and no column padding: the
+    windows ow [1, BLOCK_B / 2] whose columns 2*ow and 2*ow + 1 this program's BLOCK_B columns
+    are, and which exist. ALIGN: the windows' tensors'."""
+    ow = tl.program_id(1) * (BLOCK_B // 2) + tl.arange(0, BLOCK_B // 2)
+    return ow[None, :], below(ow, OW, ALIGN)[None, :]
+
+
+@triton.jit
 def pool_window(o, in_size, out_size, K: tl.constexpr, S: tl.constexpr, P: tl.constexpr, ADAPTIVE: tl.constexpr):
     """The input range [start, end) that output coordinate o averages (clipped to the input),
     and ``span``, the window's extent clipped to the padded input [-P, in_size + P) instead (the
@@ -244,7 +253,7 @@ def max_pool2d_bwd_kernel(
     KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
     DH: tl.constexpr, DW: tl.constexpr, COVER_H: tl.constexpr, COVER_W: tl.constexpr,
     # flags
-    FLAT_INDICES: tl.constexpr, CHANNELS_LAST: tl.constexpr,
+    FLAT_INDICES: tl.constexpr, CHANNELS_LAST: tl.constexpr, PAIRED: tl.constexpr,
     ALIGN_DY: tl.constexpr, ALIGN_DX: tl.constexpr,  # ALIGN_DY: dy's and saved's
     BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr,
 ):
@@ -256,15 +265,35 @@ def max_pool2d_bwd_kernel(
     windows overlap, the single window of each pixel where they do not (an elementwise pass).
     One program computes a [BLOCK_A, BLOCK_B] tile of dx: input pixels x channels
     (CHANNELS_LAST) or input rows x columns. Grid: (cdiv(N*H*W, BLOCK_A), cdiv(C, BLOCK_B)) or
-    (cdiv(N*C*H, BLOCK_A), cdiv(W, BLOCK_B)). dy and saved: (N, C, OH, OW), dx: (N, C, H, W).
+    (cdiv(N*C*H, BLOCK_A), cdiv(W, BLOCK_B)). PAIRED (row tiles of windows two columns wide,
+    column stride 2, no column padding or dilation): the program's BLOCK_B / 2 windows per row
+    are read as whole vectors and each feeds its two columns (``column_windows``).
+    dy and saved: (N, C, OH, OW), dx: (N, C, H, W).
     """
     n, c, h, w, a_ok, b_ok = tile_coords(N, C, H, W, CHANNELS_LAST, ALIGN_DX, BLOCK_A, BLOCK_B)
     tile_ok = a_ok & b_ok
     ACC_TYPE: tl.constexpr = tl.float64 if dy_ptr.dtype.element_ty == tl.float64 else tl.float32
     acc = tl.zeros((BLOCK_A, BLOCK_B), dtype=ACC_TYPE)
+    if PAIRED:
+        pair_ow, pair_ok = column_windows(OW, ALIGN_DY, BLOCK_B)
+        acc_even = tl.zeros((BLOCK_A, BLOCK_B // 2), dtype=ACC_TYPE)  # columns 2*ow and 2*ow + 1
+        acc_odd = tl.zeros((BLOCK_A, BLOCK_B // 2), dtype=ACC_TYPE)
     for jh in tl.static_range(COVER_H):
         oh, kh, oh_ok = covering_window(h, jh, H, OH, KH, SH, PH, DH, COVER_H, False)
-        for jw in tl.static_range(COVER_W):
+        if PAIRED:
+            pair_win_ok = a_ok & oh_ok & pair_ok
+            pair_saved = tl.load(saved_ptr + offsets(n, c, oh, pair_ow, stride_sn, stride_sc, stride_sh, stride_sw,
+                                                     ALIGN_DY, False), mask=pair_win_ok, other=0)
+            pair_g = tl.load(dy_ptr + offsets(n, c, oh, pair_ow, stride_dyn, stride_dyc, stride_dyh, stride_dyw,
+                                              ALIGN_DY, False), mask=pair_win_ok, other=0.).to(ACC_TYPE)
+            if FLAT_INDICES:
+                even = h.to(tl.int64) * W + 2 * pair_ow
+            else:
+                even = kh * KW + tl.zeros_like(pair_ow)
+                pair_saved = pair_saved.to(tl.int32)
+            acc_even += tl.where(pair_saved == even, pair_g, 0.)
+            acc_odd += tl.where(pair_saved == even + 1, pair_g, 0.)
+        for jw in tl.static_range(0 if PAIRED else COVER_W):
             ow, kw, ow_ok = covering_window(w, jw, W, OW, KW, SW, PW, DW, COVER_W, False)
             win_ok = tile_ok & oh_ok & ow_ok
             s_ptrs = saved_ptr + offsets(n, c, oh, ow, stride_sn, stride_sc, stride_sh, stride_sw, ALIGN_DY,
@@ -279,6 +308,8 @@ def max_pool2d_bwd_kernel(
                                        CHANNELS_LAST)
             g = tl.load(dy_ptrs, mask=win_ok, other=0.)
             acc += tl.where(hit, g.to(ACC_TYPE), 0.)
+    if PAIRED:
+        acc = tl.reshape(tl.join(acc_even, acc_odd), (BLOCK_A, BLOCK_B))
     dx_ptrs = dx_ptr + offsets(n, c, h, w, stride_dxn, stride_dxc, stride_dxh, stride_dxw, ALIGN_DX, CHANNELS_LAST)
     tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=tile_ok)
 
@@ -353,7 +384,7 @@ def avg_pool2d_bwd_kernel(
     COVER_H: tl.constexpr, COVER_W: tl.constexpr,
     # flags
     COUNT_INCLUDE_PAD: tl.constexpr, DIVISOR_OVERRIDE: tl.constexpr, ADAPTIVE: tl.constexpr,
-    CHANNELS_LAST: tl.constexpr, ALIGN_DY: tl.constexpr, ALIGN_DX: tl.constexpr,
+    CHANNELS_LAST: tl.constexpr, PAIRED: tl.constexpr, ALIGN_DY: tl.constexpr, ALIGN_DX: tl.constexpr,
     BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr,
 ):
     """dx[n, c, h, w] = sum of dy[n, c, oh, ow] / divisor(oh, ow) over the windows (oh, ow) covering (h, w).
@@ -362,15 +393,26 @@ def avg_pool2d_bwd_kernel(
     tap where they overlap, one in all where they do not; adaptive: a bound on how many
     overlap at one pixel). One program computes a [BLOCK_A, BLOCK_B] tile of dx: input pixels x
     channels (CHANNELS_LAST) or input rows x columns. Grid: (cdiv(N*H*W, BLOCK_A),
-    cdiv(C, BLOCK_B)) or (cdiv(N*C*H, BLOCK_A), cdiv(W, BLOCK_B)). dy: (N, C, OH, OW), dx: (N, C, H, W).
+    cdiv(C, BLOCK_B)) or (cdiv(N*C*H, BLOCK_A), cdiv(W, BLOCK_B)). PAIRED as in
+    ``max_pool2d_bwd_kernel``. dy: (N, C, OH, OW), dx: (N, C, H, W).
     """
     n, c, h, w, a_ok, b_ok = tile_coords(N, C, H, W, CHANNELS_LAST, ALIGN_DX, BLOCK_A, BLOCK_B)
     tile_ok = a_ok & b_ok
     ACC_TYPE: tl.constexpr = tl.float64 if dy_ptr.dtype.element_ty == tl.float64 else tl.float32
     acc = tl.zeros((BLOCK_A, BLOCK_B), dtype=ACC_TYPE)
+    if PAIRED:
+        pair_ow, pair_ok = column_windows(OW, ALIGN_DY, BLOCK_B)
+        acc_pair = tl.zeros((BLOCK_A, BLOCK_B // 2), dtype=ACC_TYPE)  # what columns 2*ow and 2*ow + 1 get
     for jh in tl.range(COVER_H, loop_unroll_factor=1 if ADAPTIVE else COVER_H):
         oh, tap_h, oh_ok = covering_window(h, jh, H, OH, KH, SH, PH, 1, COVER_H, ADAPTIVE)
-        for jw in tl.range(COVER_W, loop_unroll_factor=1 if ADAPTIVE else COVER_W):
+        if PAIRED:
+            pair_divisor = avg_divisor(oh, pair_ow, H, W, OH, OW, divisor_override, KH, KW, SH, SW, PH, PW,
+                                       COUNT_INCLUDE_PAD, DIVISOR_OVERRIDE, ADAPTIVE)[4]
+            pair_win_ok = a_ok & oh_ok & pair_ok
+            pair_g = tl.load(dy_ptr + offsets(n, c, oh, pair_ow, stride_dyn, stride_dyc, stride_dyh, stride_dyw,
+                                              ALIGN_DY, False), mask=pair_win_ok, other=0.)
+            acc_pair += pair_g.to(ACC_TYPE) / tl.where(pair_win_ok, pair_divisor, 1).to(ACC_TYPE)
+        for jw in tl.range(0 if PAIRED else COVER_W, loop_unroll_factor=1 if ADAPTIVE else COVER_W):
             ow, tap_w, ow_ok = covering_window(w, jw, W, OW, KW, SW, PW, 1, COVER_W, ADAPTIVE)
             h0, h1, w0, w1, divisor = avg_divisor(oh, ow, H, W, OH, OW, divisor_override, KH, KW, SH, SW, PH, PW,
                                                   COUNT_INCLUDE_PAD, DIVISOR_OVERRIDE, ADAPTIVE)
@@ -380,12 +422,34 @@ def avg_pool2d_bwd_kernel(
                                        CHANNELS_LAST)
             g = tl.load(dy_ptrs, mask=tile_ok & win_ok, other=0.)
             acc += g.to(ACC_TYPE) / divisor.to(ACC_TYPE)
+    if PAIRED:
+        acc = tl.reshape(tl.join(acc_pair, acc_pair), (BLOCK_A, BLOCK_B))
     dx_ptrs = dx_ptr + offsets(n, c, h, w, stride_dxn, stride_dxc, stride_dxh, stride_dxw, ALIGN_DX, CHANNELS_LAST)
     tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=tile_ok)
 
 
 @triton.jit
-def global_avg_pool2d_kernel(
+def plane_tile(n, p, c, C, H, W, stride_n, stride_c, stride_h, stride_w, FLAT_PLANES: tl.constexpr,
+               CHANNELS_LAST: tl.constexpr, ALIGN: tl.constexpr):
+    """[pixels, channels] offsets (int64) of the pixels p (h*W + w) of channels c of image n, and
+    their mask: channels run along contiguous memory in CHANNELS_LAST, pixels otherwise, and
+    ALIGN divides the other strides and the contiguous axis' extent (C or H*W). FLAT_PLANES: a
+    plane's rows follow each other (stride_h == W * stride_w), so pixels are one axis of stride stride_w."""
+    if FLAT_PLANES:
+        along_p = p.to(tl.int64)[:, None] * stride_w
+    else:
+        along_p = (p // W).to(tl.int64)[:, None] * stride_h + (p % W).to(tl.int64)[:, None] * stride_w
+    along_c = c.to(tl.int64)[None, :] * stride_c
+    if CHANNELS_LAST:
+        return (tl.multiple_of(n * stride_n + along_p, [ALIGN, ALIGN]) + along_c,
+                (p < H * W)[:, None] & below(c, C, ALIGN)[None, :])
+    else:
+        return (tl.multiple_of(n * stride_n + along_c, [ALIGN, ALIGN]) + along_p,
+                below(p, H * W, ALIGN)[:, None] & (c < C)[None, :])
+
+
+@triton.jit
+def global_avg_pool2d_fwd_kernel(
     x_ptr, y_ptr,
     # sizes
     N, C, H, W,
@@ -393,40 +457,51 @@ def global_avg_pool2d_kernel(
     stride_xn, stride_xc, stride_xh, stride_xw,
     stride_yn, stride_yc,
     # flags
-    FLAT_PLANES: tl.constexpr, CHANNELS_LAST: tl.constexpr,
-    ALIGN: tl.constexpr,  # x's, over its strides but the contiguous one and the extent of that axis (C or H*W)
+    FLAT_PLANES: tl.constexpr, CHANNELS_LAST: tl.constexpr, ALIGN: tl.constexpr,  # x's, as ``plane_tile`` takes them
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """y[n, c] = mean of x[n, c] over its H*W pixels (average pooling to 1 x 1).
 
     One program reduces BLOCK_C channels of one image: it reads [BLOCK_P pixels, BLOCK_C
-    channels] tiles along contiguous memory (channels in channels_last, pixels otherwise) into
-    fp32 (fp64) partial sums, and sums those once at the end. FLAT_PLANES: a plane's rows follow
-    each other (stride_xh == W * stride_xw), so pixels are one axis of stride stride_xw.
-    Grid: (N, cdiv(C, BLOCK_C)). x: (N, C, H, W), y: (N, C, 1, 1).
+    channels] tiles along contiguous memory (``plane_tile``) into fp32 (fp64) partial sums, and
+    sums those once at the end. Grid: (N, cdiv(C, BLOCK_C)). x: (N, C, H, W), y: (N, C, 1, 1).
     """
     n = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     ACC_TYPE: tl.constexpr = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
     acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=ACC_TYPE)
-    along_c = c.to(tl.int64)[None, :] * stride_xc
-    if CHANNELS_LAST:
-        c_ok = below(c, C, ALIGN)
-    else:
-        c_ok = c < C
-        along_c = tl.multiple_of(n * stride_xn + along_c, [ALIGN, ALIGN])
     for p0 in range(0, H * W, BLOCK_P):
-        p = p0 + tl.arange(0, BLOCK_P)
-        if FLAT_PLANES:
-            along_p = p.to(tl.int64)[:, None] * stride_xw
-        else:
-            along_p = (p // W).to(tl.int64)[:, None] * stride_xh + (p % W).to(tl.int64)[:, None] * stride_xw
-        if CHANNELS_LAST:
-            along_p = tl.multiple_of(n * stride_xn + along_p, [ALIGN, ALIGN])
-            pix_ok = p < H * W
-        else:
-            pix_ok = below(p, H * W, ALIGN)
-        v = tl.load(x_ptr + along_p + along_c, mask=pix_ok[:, None] & c_ok[None, :], other=0.)
-        acc += v.to(ACC_TYPE)
+        x_offsets, ok = plane_tile(n, p0 + tl.arange(0, BLOCK_P), c, C, H, W, stride_xn, stride_xc, stride_xh,
+                                   stride_xw, FLAT_PLANES, CHANNELS_LAST, ALIGN)
+        acc += tl.load(x_ptr + x_offsets, mask=ok, other=0.).to(ACC_TYPE)
     y = tl.sum(acc, axis=0) / (H * W)
-    tl.store(y_ptr + n * stride_yn + c.to(tl.int64) * stride_yc, y.to(y_ptr.dtype.element_ty), mask=c_ok)
+    tl.store(y_ptr + n * stride_yn + c.to(tl.int64) * stride_yc, y.to(y_ptr.dtype.element_ty), mask=c < C)
+
+
+@triton.jit
+def global_avg_pool2d_bwd_kernel(
+    dy_ptr, dx_ptr,
+    # sizes
+    N, C, H, W,
+    # strides
+    stride_dyn, stride_dyc,
+    stride_dxn, stride_dxc, stride_dxh, stride_dxw,
+    # flags
+    FLAT_PLANES: tl.constexpr, CHANNELS_LAST: tl.constexpr, ALIGN: tl.constexpr,  # dx's, as ``plane_tile`` takes them
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """dx[n, c, h, w] = dy[n, c] / (H*W) (the gradient of average pooling to 1 x 1).
+
+    One program writes BLOCK_C channels of one image, [BLOCK_P pixels, BLOCK_C channels] tiles
+    along contiguous memory (``plane_tile``) at a time. Grid: (N, cdiv(C, BLOCK_C)).
+    dy: (N, C, 1, 1), dx: (N, C, H, W).
+    """
+    n = tl.program_id(0).to(tl.int64)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    ACC_TYPE: tl.constexpr = tl.float64 if dy_ptr.dtype.element_ty == tl.float64 else tl.float32
+    g = tl.load(dy_ptr + n * stride_dyn + c.to(tl.int64) * stride_dyc, mask=c < C, other=0.).to(ACC_TYPE)
+    dx = tl.broadcast_to((g / (H * W)).to(dx_ptr.dtype.element_ty)[None, :], (BLOCK_P, BLOCK_C))
+    for p0 in range(0, H * W, BLOCK_P):
+        dx_offsets, ok = plane_tile(n, p0 + tl.arange(0, BLOCK_P), c, C, H, W, stride_dxn, stride_dxc, stride_dxh,
+                                    stride_dxw, FLAT_PLANES, CHANNELS_LAST, ALIGN)
+        tl.store(dx_ptr + dx_offsets, dx, mask=ok)

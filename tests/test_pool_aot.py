@@ -1,7 +1,14 @@
 """The pooling kernels compile for sm_90 and sm_80 as real calls launch them, with 16-byte loads
 (LDG.E.128) wherever a tile runs along contiguous, aligned memory, and no register spills. No GPU
 needed: a training step runs on meta tensors, its launches are recorded and bound by Triton's
-own binder, as JITFunction.run binds them (shared/NOTES.md, "Compile what really runs")."""
+own binder, as JITFunction.run binds them (shared/NOTES.md, "Compile what really runs").
+
+The compiles run in a process of their own, which has interpreted no kernel: an interpreted
+launch leaves triton.language patched (tl.static_range, tl.multiple_of, tl.reduce, dtype.to_ir),
+and a compile in that process fails (convtri/_launch.py's ``_interpreting`` restores the
+interpreter's patches in the wrong order)."""
+import concurrent.futures
+import multiprocessing
 import os
 import re
 import subprocess
@@ -60,38 +67,46 @@ def compile_launch(launch, tensors, arch):
                           options=options.__dict__)
 
 
-def loads(compiled):
-    """The kernel's global loads by width in bits: {8: n, 16: n, 32: n, 64: n, 128: n}."""
+def accesses(compiled):
+    """The kernel's global loads (LDG) and stores (STG) by width in bits: {("LDG", 128): n, ...}."""
     with tempfile.TemporaryDirectory() as tmp:
         cubin = os.path.join(tmp, "kernel.cubin")
         with open(cubin, "wb") as f:
             f.write(compiled.asm["cubin"])
         sass = subprocess.run([knobs.nvidia.cuobjdump.path, "-sass", cubin], capture_output=True, text=True,
                               check=True).stdout
-    widths = {}
-    for modifiers in re.findall(r"\bLDG((?:\.\w+)*)", sass):
+    counts = {}
+    for op, modifiers in re.findall(r"\b(LDG|STG)((?:\.\w+)*)", sass):
         bits = next((int(m) for m in modifiers.split(".") if m.isdigit()), 32)
-        bits = 8 if ".U8" in modifiers or ".S8" in modifiers else 16 if ".U16" in modifiers or ".S16" in modifiers else bits
-        widths[bits] = widths.get(bits, 0) + 1
-    return widths
+        bits = 8 if re.search(r"\.[US]8\b", modifiers) else 16 if re.search(r"\.[US]16\b", modifiers) else bits
+        counts[op, bits] = counts.get((op, bits), 0) + 1
+    return counts
 
 
-def figures(call, dtype, layout, arch):
-    """{kernel name: (loads by width, spill bytes)} of ``call``'s training step."""
+def compiled_figures(call, dtype, layout, arch):
+    """{kernel name: (global accesses by width, spill bytes)} of ``call``'s training step."""
     out = {}
     for launch, tensors in training_launches(call, dtype, layout):
         compiled = compile_launch(launch, tensors, arch)
-        out[launch.kernel.__name__] = (loads(compiled), spill_bytes(compiled, arch))
+        out[launch.kernel.__name__] = (accesses(compiled), spill_bytes(compiled, arch))
     return out
 
 
-# (call, kernel, 16-byte loads per thread at least): the main loads of channels_last tiles, one
-# vector per tap (forward), per window (backward) or per step of the reduction
-VECTOR_LOADS = {
-    "vgg_max2x2s2": dict(max_pool2d_fwd_kernel=4, max_pool2d_bwd_kernel=1),  # backward: the elementwise pass
-    "rn50_stem_max3x3s2": dict(max_pool2d_fwd_kernel=9, max_pool2d_bwd_kernel=9),  # backward: gathers 3 x 3 windows
-    "avg3x3s2": dict(avg_pool2d_fwd_kernel=9),
-    "rn50_global_avg7x7": dict(global_avg_pool2d_kernel=1, avg_pool2d_bwd_kernel=1),
+@pytest.fixture(scope="module")
+def figures():
+    """``compiled_figures``, run in a fresh process (see the module's docstring)."""
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield lambda *case: pool.submit(compiled_figures, *case).result()
+
+
+# call -> {kernel: (LDG or STG, 16-byte ones per thread at least)}: the main loads of
+# channels_last tiles, one vector per tap (forward), per window (backward) or per step of a
+# reduction, and the stores of the global average's backward, which loads next to nothing
+VECTORS = {
+    "vgg_max2x2s2": dict(max_pool2d_fwd_kernel=("LDG", 4), max_pool2d_bwd_kernel=("LDG", 1)),  # bwd: elementwise
+    "rn50_stem_max3x3s2": dict(max_pool2d_fwd_kernel=("LDG", 9), max_pool2d_bwd_kernel=("LDG", 9)),  # bwd: gather
+    "avg3x3s2": dict(avg_pool2d_fwd_kernel=("LDG", 9)),
+    "rn50_global_avg7x7": dict(global_avg_pool2d_fwd_kernel=("LDG", 1), global_avg_pool2d_bwd_kernel=("STG", 1)),
 }
 
 
@@ -101,12 +116,13 @@ VECTOR_LOADS = {
     ("avg3x3s2", "bf16", 90),
     ("rn50_global_avg7x7", "fp16", 90), ("rn50_global_avg7x7", "bf16", 80),
 ])
-def test_channels_last_loads_are_16_bytes(call, dtype, arch):
+def test_channels_last_loads_are_16_bytes(call, dtype, arch, figures):
     compiled = figures(call, dtype, "channels_last", arch)
     for kernel, (widths, spills) in compiled.items():
         assert spills == 0, f"{call} {kernel} {dtype} sm_{arch}: spills {spills} bytes"
-    for kernel, vectors in VECTOR_LOADS[call].items():
-        assert compiled[kernel][0].get(128, 0) >= vectors, f"{call} {kernel} {dtype} sm_{arch}: {compiled[kernel][0]}"
+    for kernel, (op, vectors) in VECTORS[call].items():
+        counts = compiled[kernel][0]
+        assert counts.get((op, 128), 0) >= vectors, f"{call} {kernel} {dtype} sm_{arch}: {counts}"
 
 
 @pytest.mark.parametrize("call, dtype, arch, layout", [
@@ -117,12 +133,12 @@ def test_channels_last_loads_are_16_bytes(call, dtype, arch):
     ("rn50_stem_max3x3s2", "fp32", 90, "channels_last"),
     ("avg3x3s2", "fp64", 80, "channels_last"),
 ])
-def test_other_dtypes_and_nchw_compile_without_spills(call, dtype, arch, layout):
+def test_other_dtypes_and_nchw_compile_without_spills(call, dtype, arch, layout, figures):
     compiled = figures(call, dtype, layout, arch)
     for kernel, (widths, spills) in compiled.items():
         assert spills == 0, f"{call} {kernel} {dtype} {layout} sm_{arch}: spills {spills} bytes"
     if call == "vgg_max2x2s2":
-        assert compiled["max_pool2d_fwd_kernel"][0].get(128, 0) >= 4
+        assert compiled["max_pool2d_fwd_kernel"][0].get(("LDG", 128), 0) >= 4
 
 
 @pytest.mark.slow
@@ -130,6 +146,6 @@ def test_other_dtypes_and_nchw_compile_without_spills(call, dtype, arch, layout)
 @pytest.mark.parametrize("arch", [90, 80])
 @pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("call", list(CALLS))
-def test_every_call_compiles_without_spills(call, dtype, arch, layout):
+def test_every_call_compiles_without_spills(call, dtype, arch, layout, figures):
     for kernel, (widths, spills) in figures(call, dtype, layout, arch).items():
         assert spills == 0, f"{call} {kernel} {dtype} {layout} sm_{arch}: spills {spills} bytes"

@@ -175,7 +175,7 @@ def test_what_max_pooling_saves(device):
 def test_global_average(size, fmt, call, dtype, device, launches):
     op = "adaptive" if "output_size" in call else "avg"
     check_gradient(op, layout(torch.randn(size, dtype=dtype, device=device), fmt), **call)
-    assert launches[0][0] == "global_avg_pool2d_kernel"
+    assert [name for name, _ in launches] == ["global_avg_pool2d_fwd_kernel", "global_avg_pool2d_bwd_kernel"]
 
 
 # ----------------------------------------------------------------------------- tiles and launches
@@ -196,6 +196,10 @@ def test_small_tiles(op, kwargs, fmt, monkeypatch, fresh_plans):
     check_gradient(op, layout(torch.randn(1, 5, 9, 13, dtype=torch.float64), fmt), **kwargs)
 
 
+BACKWARD_KERNELS = dict(max="max_pool2d_bwd_kernel", avg="avg_pool2d_bwd_kernel",
+                        adaptive="global_avg_pool2d_bwd_kernel")
+
+
 @pytest.mark.parametrize("op, kwargs", [
     ("max", dict(kernel_size=2)),  # windows that do not overlap
     ("max", dict(kernel_size=3, stride=2, padding=1)),  # windows that do
@@ -211,7 +215,7 @@ def test_backward_is_one_launch(op, kwargs, fmt, launches):
     launches.clear()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
         y.backward(dy)
-    assert [name for name, _ in launches] == [f"{'max' if op == 'max' else 'avg'}_pool2d_bwd_kernel"]
+    assert [name for name, _ in launches] == [BACKWARD_KERNELS[op]]
     assert not [e.name for e in profile.events() if e.name in ("aten::zero_", "aten::fill_", "aten::zeros")]
 
 
@@ -237,3 +241,30 @@ def test_alignment_hints_divide_what_they_claim(make_x, x_align, y_align):
     for (sizes, strides), align in (((x.shape, x.stride()), x_align), ((forward.y.size, forward.y.stride), y_align),
                                     ((forward.saved.size, forward.saved.stride), y_align)):
         assert all(strides[d] % align == 0 for d in axis_a) and sizes[axis_b] % align == 0
+
+
+@pytest.mark.parametrize("op, kwargs, fmt, forward, backward", [
+    # (op, kwargs, layout, forward kernel and flags, backward kernel and flags) of a training step
+    ("max", dict(kernel_size=2), "nchw", ("max_pool2d_fwd_kernel", dict(CHANNELS_LAST=False, PAIRED=True)),
+     ("max_pool2d_bwd_kernel", dict(CHANNELS_LAST=False, PAIRED=True, COVER_H=1, COVER_W=1))),
+    ("max", dict(kernel_size=3, stride=2, padding=1), "nchw", ("max_pool2d_fwd_kernel", dict(PAIRED=True)),
+     ("max_pool2d_bwd_kernel", dict(PAIRED=False, COVER_H=3, COVER_W=3))),
+    ("max", dict(kernel_size=2), "channels_last", ("max_pool2d_fwd_kernel", dict(CHANNELS_LAST=True, PAIRED=False)),
+     ("max_pool2d_bwd_kernel", dict(CHANNELS_LAST=True, COVER_H=1, COVER_W=1, FLAT_INDICES=False))),
+    ("avg", dict(kernel_size=2, ceil_mode=True), "nchw", ("avg_pool2d_fwd_kernel", dict(PAIRED=True)),
+     ("avg_pool2d_bwd_kernel", dict(PAIRED=True, COVER_H=1, COVER_W=1))),
+    ("adaptive", dict(output_size=1), "channels_last", ("global_avg_pool2d_fwd_kernel", dict(CHANNELS_LAST=True)),
+     ("global_avg_pool2d_bwd_kernel", dict(CHANNELS_LAST=True))),
+    ("adaptive", dict(output_size=1), "nchw", ("global_avg_pool2d_fwd_kernel", dict(FLAT_PLANES=True)),
+     ("global_avg_pool2d_bwd_kernel", dict(CHANNELS_LAST=False, FLAT_PLANES=True))),
+])
+def test_paths_taken(op, kwargs, fmt, forward, backward, monkeypatch):
+    # which kernel and specialisation each layer's training step launches (meta tensors: the
+    # plans of a GPU, no launch)
+    taken = []
+    monkeypatch.setattr(pool_launch.Launch, "__call__", lambda launch, *tensors: taken.append(launch))
+    x = layout(torch.empty(4, 64, 56, 56, device="meta"), fmt).requires_grad_()
+    y = OPS[op][0](x, **kwargs)
+    y.backward(torch.empty_like(y))
+    for launch, (kernel, flags) in zip(taken, (forward, backward), strict=True):
+        assert launch.kernel.__name__ == kernel and {k: launch.meta[k] for k in flags} == flags
