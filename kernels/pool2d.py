@@ -1,18 +1,19 @@
 """pool2d kernels: max pooling and average pooling (fixed and adaptive windows), forward and backward,
-and global average pooling.
+and global average pooling (to 1 x 1) forward and backward.
 
 A program owns a 2-D tile of one tensor's (N, C, rows, columns) index space, in one of two forms
 (``tile_coords``), chosen per call from the layout so that the tile's second axis runs along
 contiguous memory and loads and stores are 16-byte vectors:
 - pixel tiles (CHANNELS_LAST): axis 0 holds pixels (n, row, column), axis 1 channels;
-- row tiles: axis 0 holds rows (n, c, row), axis 1 columns.
+- row tiles: axis 0 holds rows (n, c, row), axis 1 columns; where windows have column stride 2
+  (PAIRED), each window row is read as whole contiguous vectors and split in registers.
 Every tensor is read and written through its four strides, so other layouts and sliced views
 need no copy. Each tensor's ALIGN (ALIGN_X, ALIGN_Y, ...: the largest power of two, up to 16,
 that divides its strides along the tile's axis 0 and its extent along axis 1) tells Triton what
 it cannot see when those are not multiples of 16: that offsets and masks are uniform over
-vectors of ALIGN elements. The pooling window (kernel,
-stride, padding, dilation) is constexpr: one compile per pooling layer, taps unrolled, and the
-backward's divisions by the stride are shifts for powers of two.
+vectors of ALIGN elements. The pooling window (kernel, stride, padding, dilation) is constexpr:
+one compile per pooling layer, taps unrolled, and the backward's divisions by the stride are
+shifts for powers of two.
 
 Windows follow torch: output pixel (oh, ow) of a fixed window reads input rows
 ``oh * SH - PH + kh * DH`` for kh < KH (likewise columns); an adaptive window reads rows
