@@ -11,8 +11,8 @@ from convtri._dispatch import (Plans, eager_apply, exact, is_eager, other_backwa
                                tensor_key)
 from convtri._launch import FLOAT_DTYPES, MAX_INT32, MAX_PIXELS, check_device, is_channels_last, memory_format
 from convtri._library import triton_op
-from convtri.pool_launch import (AvgBackward, AvgForward, MaxBackward, MaxForward, PoolGeometry,
-                                 pooling_output_size)
+from convtri.pool_launch import (FLAT_INDICES, NO_INDICES, WINDOW_OFFSETS, AvgBackward, AvgForward, MaxBackward,
+                                 MaxForward, PoolGeometry, pooling_output_size)
 
 # ----------------------------------------------------------------------------- arguments
 
@@ -130,19 +130,21 @@ class PoolPlan:
 
 
 class MaxPool2dPlan(PoolPlan):
-    def forward(self, input, with_indices):
-        return self.launch(with_indices, MaxForward, input, self.geom, with_indices)(input)
+    def forward(self, input, indices):
+        """(maxima, what ``indices`` names: FLAT_INDICES, WINDOW_OFFSETS, or None for NO_INDICES)"""
+        return self.launch(indices, MaxForward, input, self.geom, indices)(input)
 
-    def backward(self, dy, idx):
-        return self.launch(dy.stride(), MaxBackward, dy, idx, self.input_size,
-                           memory_format(self.channels_last), self.geom)(dy, idx)
+    def backward(self, dy, saved):
+        """dx from the saved int64 flat indices or window offsets"""
+        return self.launch((dy.stride(), saved.dtype), MaxBackward, dy, saved, self.input_size,
+                           memory_format(self.channels_last), self.geom)(dy, saved)
 
     def __call__(self, input, return_indices):
         if records_grad(input):
-            y, idx = _max_apply(input, self)
+            y, saved = _max_apply(input, self, return_indices)
         else:
-            y, idx = self.forward(input, return_indices)
-        return (y, idx) if return_indices else y
+            y, saved = self.forward(input, FLAT_INDICES if return_indices else NO_INDICES)
+        return (y, saved) if return_indices else y
 
 
 class AvgPool2dPlan(PoolPlan):
@@ -193,11 +195,13 @@ def _plan(plans, build, input, *arguments):
 
 @triton_op("max_pool2d")
 def _max_pool2d_op(input: torch.Tensor, kernel_size: list[int], stride: list[int], padding: list[int],
-                   dilation: list[int], ceil_mode: bool, with_indices: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(maxima, int64 flat h*W+w indices); the indices are an empty tensor unless ``with_indices``."""
+                   dilation: list[int], ceil_mode: bool, indices: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(maxima, what ``indices`` asks for): "flat", torch's int64 flat h*W+w indices; "offsets",
+    each maximum's tap kh*KW+kw in its window (a byte for windows of up to 256 taps), which is all
+    max_pool2d_backward needs; "none", an empty int64 tensor."""
     plan = _plan(_MAX_PLANS, _max_plan, input, kernel_size, stride, padding, dilation, ceil_mode)
-    y, idx = plan.forward(input, with_indices)
-    return y, idx if idx is not None else input.new_empty((0,), dtype=torch.int64)
+    y, saved = plan.forward(input, indices)
+    return y, saved if saved is not None else input.new_empty((0,), dtype=torch.int64)
 
 
 @triton_op("max_pool2d_backward")
@@ -216,9 +220,12 @@ def _max_backward(grad_output, indices, input_size, input_channels_last, kernel_
     op = "max_pool2d_backward"
     geom = pool2d_geometry(op, input_size, kernel_size, stride, padding, dilation, ceil_mode)
     _check_grad_output(op, grad_output, input_size, geom)
-    if indices.dtype != torch.int64 or indices.shape != grad_output.shape or indices.device != grad_output.device:
-        raise RuntimeError(f"{op}: expected int64 indices of size {list(grad_output.shape)} on {grad_output.device}, "
-                           f"got {indices.dtype} of size {list(indices.shape)} on {indices.device}")
+    offsets = geom.offset_dtype()
+    if (indices.dtype not in (torch.int64, offsets) or indices.shape != grad_output.shape
+            or indices.device != grad_output.device):
+        raise RuntimeError(f"{op}: expected int64 indices of size {list(grad_output.shape)} on {grad_output.device} "
+                           f"(or {offsets} window offsets), got {indices.dtype} of size {list(indices.shape)} on "
+                           f"{indices.device}")
     return MaxBackward(grad_output, indices, tuple(input_size), memory_format(input_channels_last), geom)
 
 
@@ -277,23 +284,25 @@ def _adaptive_backward(grad_output, input_size, input_channels_last):
 # when autograd records the backward, once differentiable.
 
 class MaxPool2dFunction(torch.autograd.Function):
+    """(maxima, saved): saved is torch's int64 flat indices when they are returned, else the
+    window offsets (a byte per output for windows of up to 256 taps), which backward reads."""
 
     @staticmethod
-    def forward(ctx, input, plan):
-        y, idx = plan.forward(input, True)
+    def forward(ctx, input, plan, return_indices):
+        y, saved = plan.forward(input, FLAT_INDICES if return_indices else WINDOW_OFFSETS)
         ctx.set_materialize_grads(False)  # no zeros made for the indices' (absent) gradient
-        ctx.mark_non_differentiable(idx)
-        ctx.save_for_backward(idx)
+        ctx.mark_non_differentiable(saved)
+        ctx.save_for_backward(saved)
         ctx.plan = plan
-        return y, idx
+        return y, saved
 
     @staticmethod
     def backward(ctx, dy, _):
         if dy is None:  # only the indices were used
-            return None, None
+            return None, None, None
         if plain_backward(dy):
-            return ctx.plan.backward(dy, *ctx.saved_tensors), None
-        return _max_other_backward(ctx, dy), None
+            return ctx.plan.backward(dy, *ctx.saved_tensors), None, None
+        return _max_other_backward(ctx, dy), None, None
 
 
 class AvgPool2dFunction(torch.autograd.Function):
@@ -362,7 +371,8 @@ _adaptive_avg_pool2d_op.register_autograd(_op_backward(AvgPool2dFunction, 1), se
 
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
     """``torch.nn.functional.max_pool2d`` on convtri's Triton kernels. With ``return_indices``
-    also the int64 flat (h*W + w) index of each maximum, as torch's (max_unpool2d takes them)."""
+    also the int64 flat (h*W + w) index of each maximum, as torch's (max_unpool2d takes them);
+    without, backward keeps each maximum's tap within its window, a byte for up to 256 taps."""
     if is_eager(input) and input.dim() == 4:
         key = (tensor_key(input), exact(kernel_size), exact(stride), exact(padding), exact(dilation), bool(ceil_mode))
         plan = _MAX_PLANS.get_or_build(key, _public_max_plan, input, kernel_size, stride, padding, dilation,
@@ -370,12 +380,17 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
         return plan(input, bool(return_indices))
     args = pool2d_args(kernel_size, stride, padding, dilation)
     if is_eager(input):  # unbatched (or invalid) input
-        op = lambda x: max_pool2d(x, *args, ceil_mode, True)
-    else:  # torch must see the op; indices are written only when returned or needed by backward
-        with_indices = bool(return_indices) or (torch.is_grad_enabled() and getattr(input, "requires_grad", False))
-        op = lambda x: torch.ops.convtri.max_pool2d(x, *args, bool(ceil_mode), with_indices)
-    y, idx = _args.batched("max_pool2d", op, input)
-    return (y, idx) if return_indices else y
+        return _args.batched("max_pool2d", lambda x: max_pool2d(x, *args, ceil_mode, return_indices), input)
+    # torch must see the op: torch's indices when returned, else window offsets when backward needs them
+    if return_indices:
+        indices = FLAT_INDICES
+    elif torch.is_grad_enabled() and getattr(input, "requires_grad", False):
+        indices = WINDOW_OFFSETS
+    else:
+        indices = NO_INDICES
+    y, saved = _args.batched("max_pool2d", lambda x: torch.ops.convtri.max_pool2d(x, *args, bool(ceil_mode), indices),
+                             input)
+    return (y, saved) if return_indices else y
 
 
 def _public_max_plan(input, kernel_size, stride, padding, dilation, ceil_mode):

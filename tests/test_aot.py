@@ -6,7 +6,6 @@ import triton
 from aot import compile_kernel, spill_bytes, uses_tensor_cores
 from convtri.conv_launch import ELEMENTWISE_BLOCK_CUDA
 from convtri.kernels import conv2d as conv_kernels
-from convtri.kernels import pool2d as pool_kernels
 
 ARCHS = [80, 90]
 CONV_VARIANTS = [  # (kernel, constexpr flags besides the block sizes and FLAT_TAPS, the op pass it serves)
@@ -113,25 +112,4 @@ def test_elementwise_conv_kernels_compile(kernel, pointers, flags, arch):
     assert spill_bytes(compiled, arch) == 0
 
 
-POOL_FLAGS = {  # constexpr flags per pooling kernel, besides the block sizes
-    pool_kernels.max_pool2d_fwd_kernel: dict(WITH_INDICES=True),
-    pool_kernels.max_pool2d_bwd_kernel: {},
-    pool_kernels.avg_pool2d_fwd_kernel: dict(COUNT_INCLUDE_PAD=False, DIVISOR_OVERRIDE=False, ADAPTIVE=False),
-    pool_kernels.avg_pool2d_bwd_kernel: dict(COUNT_INCLUDE_PAD=True, DIVISOR_OVERRIDE=False, ADAPTIVE=True),
-}
-
-
-@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
-@pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("dtype", ["fp16", "bf16", "fp32", "fp64"])
-@pytest.mark.parametrize("kernel", list(POOL_FLAGS), ids=lambda k: k.__name__)
-def test_pool_kernels_compile(kernel, dtype, arch, layout):
-    # the CUDA tiles of convtri/pool2d.py, with Triton's default warps and stages
-    pointers = {arg: "i64" if arg == "idx_ptr" else dtype for arg in kernel.arg_names if arg.endswith("_ptr")}
-    block_c = pool_kernels.CUDA_CHANNELS if layout == "channels_last" else 1
-    unit = "c" if layout == "channels_last" else "w"  # Triton specialises the unit strides of each layout
-    ones = {arg: 1 for arg in kernel.arg_names if arg.startswith("stride_") and arg.endswith(unit)}
-    tile_numel = pool_kernels.cuda_tile_numel(8 if dtype == "fp64" else 2)
-    constexprs = POOL_FLAGS[kernel] | ones | dict(BLOCK_P=tile_numel // block_c, BLOCK_C=block_c)
-    compiled = compile_kernel(kernel, pointers, constexprs, arch, num_warps=4, num_stages=3, divisible=list(pointers))
-    assert spill_bytes(compiled, arch) == 0, f"{kernel.__name__} {dtype} {layout} sm_{arch}: spills"
+# The pooling kernels: tests/test_pool_aot.py, compiled with real calls' signatures.

@@ -13,7 +13,8 @@ from convtri import _launch
 from convtri._launch import Bound, Launch
 from convtri.conv_launch import ConvGeometry, Dgrad, Forward, Wgrad
 from convtri.kernels import conv2d as conv_kernels
-from convtri.pool_launch import AvgBackward, AvgForward, MaxBackward, MaxForward, PoolGeometry
+from convtri.pool_launch import (FLAT_INDICES, WINDOW_OFFSETS, AvgBackward, AvgForward, MaxBackward, MaxForward,
+                                 PoolGeometry)
 from test_hardening import OP_NAMES, op_case
 
 conv2d_module = sys.modules["convtri.conv2d"]
@@ -131,6 +132,8 @@ def meta(*shape, fmt=torch.contiguous_format, dtype=torch.float16):
 
 GEOM = ConvGeometry((2, 1), (1, 1, 0, 2), (1, 1), 2)
 POOL = PoolGeometry((9, 8), (5, 4), (3, 2), (2, 2), (1, 0), (1, 1))
+GLOBAL = PoolGeometry((9, 8), (1, 1), adaptive=True)
+CL = torch.channels_last
 LAUNCHES = {  # name -> (launch, the tensors a call passes)
     "conv2d forward": lambda: (Forward(meta(2, 4, 9, 8), meta(6, 2, 3, 3), meta(6), GEOM).launch,
                                [meta(2, 4, 9, 8), meta(6, 2, 3, 3), meta(6), meta(2, 6, 5, 8)]),
@@ -141,13 +144,22 @@ LAUNCHES = {  # name -> (launch, the tensors a call passes)
     "conv2d wgrad": lambda: (Wgrad(meta(2, 4, 9, 8), meta(2, 6, 5, 8), (6, 2, 3, 3), (18, 9, 3, 1), GEOM, True,
                                    True).launch,
                              [meta(2, 4, 9, 8), meta(2, 6, 5, 8), meta(2, 6, 5, 8), meta(6, 2, 3, 3), meta(6)]),
-    "max_pool2d forward": lambda: (MaxForward(meta(2, 3, 9, 8), POOL, True).launch,
+    "max_pool2d forward": lambda: (MaxForward(meta(2, 3, 9, 8), POOL, FLAT_INDICES).launch,
                                    [meta(2, 3, 9, 8), meta(2, 3, 5, 4), meta(2, 3, 5, 4, dtype=torch.int64)]),
+    "max_pool2d forward, window offsets": lambda: (
+        MaxForward(meta(2, 3, 9, 8, fmt=CL), POOL, WINDOW_OFFSETS).launch,
+        [meta(2, 3, 9, 8, fmt=CL), meta(2, 3, 5, 4, fmt=CL), meta(2, 3, 5, 4, fmt=CL, dtype=torch.uint8)]),
     "max_pool2d backward": lambda: (MaxBackward(meta(2, 3, 5, 4), meta(2, 3, 5, 4, dtype=torch.int64), (2, 3, 9, 8),
                                                 torch.contiguous_format, POOL).launch,
                                     [meta(2, 3, 5, 4), meta(2, 3, 5, 4, dtype=torch.int64), meta(2, 3, 9, 8)]),
-    "avg_pool2d forward": lambda: (AvgForward(meta(2, 3, 9, 8, fmt=torch.channels_last), POOL).launch,
+    "max_pool2d backward, window offsets": lambda: (
+        MaxBackward(meta(2, 3, 5, 4, fmt=CL), meta(2, 3, 5, 4, fmt=CL, dtype=torch.uint8), (2, 3, 9, 8), CL,
+                    POOL).launch,
+        [meta(2, 3, 5, 4, fmt=CL), meta(2, 3, 5, 4, fmt=CL, dtype=torch.uint8), meta(2, 3, 9, 8, fmt=CL)]),
+    "avg_pool2d forward": lambda: (AvgForward(meta(2, 3, 9, 8, fmt=CL), POOL).launch,
                                    [meta(2, 3, 9, 8), meta(2, 3, 5, 4)]),
+    "global avg_pool2d forward": lambda: (AvgForward(meta(2, 3, 9, 8), GLOBAL).launch,
+                                          [meta(2, 3, 9, 8), meta(2, 3, 1, 1)]),
     "avg_pool2d backward": lambda: (AvgBackward(meta(2, 3, 5, 4), (2, 3, 9, 8), torch.contiguous_format,
                                                 POOL).launch, [meta(2, 3, 5, 4), meta(2, 3, 9, 8)]),
 }

@@ -23,8 +23,9 @@ def _outputs():
     xt, wt = t(2, 4, 5, 4), t(4, 3, 3, 2)
     dyt = ops.conv_transpose2d(xt, wt, None, [2, 2], [1, 0], [1, 0], 1, [1, 1])
     xp = t(2, 3, 7, 8)
-    y, idx = ops.max_pool2d(xp, [3, 2], [2, 2], [1, 1], [1, 2], True, True)
-    return dict(x=x, w=w, dy=dy, xt=xt, wt=wt, dyt=dyt, xp=xp, y=y, idx=idx)
+    y, idx = ops.max_pool2d(xp, [3, 2], [2, 2], [1, 1], [1, 2], True, "flat")
+    _, offsets = ops.max_pool2d(xp.to(memory_format=CL), [3, 2], [2, 2], [1, 1], [1, 2], True, "offsets")
+    return dict(x=x, w=w, dy=dy, xt=xt, wt=wt, dyt=dyt, xp=xp, y=y, idx=idx, offsets=offsets)
 
 
 AVG_ARGS = ([3, 3], [2, 2], [1, 1], True, False, None)
@@ -56,11 +57,16 @@ SAMPLES = [
     (OPS.conv_transpose2d_backward, lambda o: (o["dyt"], o["xt"], o["wt"], [2, 2], [1, 0], [1, 0], 1, [1, 1],
                                                True, True, True)),
     # dilation, ceil_mode, returned indices, grad
-    (OPS.max_pool2d, lambda o: (t(2, 3, 7, 8, grad=True), [3, 2], [2, 2], [1, 1], [1, 2], True, True)),
+    (OPS.max_pool2d, lambda o: (t(2, 3, 7, 8, grad=True), [3, 2], [2, 2], [1, 1], [1, 2], True, "flat")),
+    # window offsets (uint8), what backward needs when indices are not returned; grad, channels_last
+    (OPS.max_pool2d, lambda o: (t(2, 3, 7, 8, grad=True, fmt=CL), [2, 2], [2, 2], [1, 0], [1, 1], False, "offsets")),
     # a channels_last view, without indices
-    (OPS.max_pool2d, lambda o: (t(2, 3, 9, 8, fmt=CL)[:, :, 1:], [2, 2], [2, 2], [0, 0], [1, 1], False, False)),
+    (OPS.max_pool2d, lambda o: (t(2, 3, 9, 8, fmt=CL)[:, :, 1:], [2, 2], [2, 2], [0, 0], [1, 1], False, "none")),
     (OPS.max_pool2d_backward, lambda o: (torch.randn_like(o["y"]), o["idx"], list(o["xp"].shape), False, [3, 2],
                                          [2, 2], [1, 1], [1, 2], True)),
+    # from window offsets, channels_last
+    (OPS.max_pool2d_backward, lambda o: (torch.randn_like(o["offsets"], dtype=torch.float64), o["offsets"],
+                                         list(o["xp"].shape), True, [3, 2], [2, 2], [1, 1], [1, 2], True)),
     (OPS.avg_pool2d, lambda o: (t(2, 3, 8, 7, grad=True), *AVG_ARGS)),
     (OPS.avg_pool2d, lambda o: (t(2, 3, 8, 7, fmt=CL), [2, 3], [1, 2], [1, 0], False, True, 5)),
     (OPS.avg_pool2d_backward, lambda o: (t(2, 3, 5, 4), [2, 3, 8, 7], False, *AVG_ARGS)),

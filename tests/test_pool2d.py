@@ -115,7 +115,7 @@ def test_indices_feed_max_unpool2d(device):
 
 def test_max_pool_without_indices(device):
     # without return_indices and without a graph to build, the kernel writes no indices
-    # (WITH_INDICES=False); the maxima are the same, and asked-for indices still come
+    # (SAVE=False); the maxima are the same, and asked-for indices still come
     x = torch.randn(2, 3, 8, 9, dtype=torch.float64, device=device)
     y_ref = F.max_pool2d(x.cpu(), 3, 2, 1)
     assert torch.equal(convtri.max_pool2d(x, 3, 2, 1).cpu(), y_ref)

@@ -176,18 +176,30 @@ def has_empty_window(x, kernel_size, stride, padding, dilation, ceil_mode, **_):
     return False
 
 
-@given(st.data())
-def test_max_pool2d_matches_torch(data):
-    draw = data.draw
+def max_pool_case(draw, return_indices):
     x = pool_input(draw)
     kwargs = dict(kernel_size=draw(pairs(1, 4)), stride=draw(st.one_of(st.none(), pairs(1, 3))),
                   padding=draw(pairs(0, 2)), dilation=draw(pairs(1, 2)), ceil_mode=draw(st.booleans()),
-                  return_indices=True)
+                  return_indices=return_indices)
     note(f"x {tuple(x.shape)} strides {x.stride()}, {kwargs}")
     assume(not has_empty_window(x, **kwargs))
+    return x, kwargs
+
+
+@given(st.data())
+def test_max_pool2d_matches_torch(data):
+    x, kwargs = max_pool_case(data.draw, return_indices=True)
     # a maximum is exact: the gradient routes dy, a sum of at most kernel-many terms
     check_against_torch(lambda x: convtri.max_pool2d(x, **kwargs), lambda x: F.max_pool2d(x, **kwargs), (x,), [0],
                         lambda y: (1, 1, 16))
+
+
+@given(st.data())
+def test_max_pool2d_window_offsets_route_like_torch(data):
+    # without returned indices, backward reads each maximum's tap within its window
+    x, kwargs = max_pool_case(data.draw, return_indices=False)
+    check_against_torch(lambda x: convtri.max_pool2d(x, **kwargs), lambda x: F.max_pool2d(x, **kwargs), (x,), [0],
+                        lambda y: (1, 16))
 
 
 @given(st.data())
