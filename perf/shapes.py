@@ -10,7 +10,9 @@ from dataclasses import dataclass
 CONV_OPS = ("fwd", "dgrad", "wgrad", "fwdbwd")
 # Pooling has no weight: its only gradient is the input's, written "bwd" in the CSV.
 POOL_OPS = ("fwd", "bwd", "fwdbwd")
-INDEX_BYTES = 8  # max pooling's saved argmax, int64 as torch's
+# What max pooling saves for its backward, per output: convtri's one-byte window offset (torch
+# stores 8-byte int64 indices; both providers' GB/s are computed on these minimum bytes)
+INDEX_BYTES = 1
 
 
 def _pair(v):

@@ -157,10 +157,10 @@ def test_pool_bytes_resnet_stem():
     x, y = 32 * 64 * 112 * 112, 32 * 64 * 56 * 56  # 25,690,112 and 6,422,528 elements
     # fwd: read x, write y, fp16: (25,690,112 + 6,422,528) * 2 = 64,225,280 bytes
     assert stem.traffic("fwd", 2) == (x + y) * 2 == 64_225_280
-    # bwd: read dy and the int64 argmax, write dx: 64,225,280 + 6,422,528 * 8 = 115,605,504
-    assert stem.traffic("bwd", 2) == 115_605_504
-    # fwdbwd: the forward also writes the argmax
-    assert stem.traffic("fwdbwd", 2) == 64_225_280 + 6_422_528 * 8 + 115_605_504
+    # bwd: read dy and the one-byte window offsets, write dx: 64,225,280 + 6,422,528 * 1 = 70,647,808
+    assert stem.traffic("bwd", 2) == 70_647_808
+    # fwdbwd: the forward also writes the offsets
+    assert stem.traffic("fwdbwd", 2) == 64_225_280 + 6_422_528 * 1 + 70_647_808
     # one tap per window element: 6,422,528 windows of 9
     assert stem.flop("fwd") == 9 * y
 
