@@ -312,7 +312,8 @@ class ConvFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         if plain_backward(dy):
-            return *ctx.plan.backward(dy, *ctx.saved_tensors[:2], ctx.needs_input_grad[:3], *ctx.saved_tensors[2:]), None
+            x, w, *y = ctx.saved_tensors  # y: the output, saved with a fused activation
+            return *ctx.plan.backward(dy, x, w, ctx.needs_input_grad[:3], *y), None
         return *_other_backward(ctx, dy), None
 
 
