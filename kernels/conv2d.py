@@ -568,7 +568,7 @@ def pad_fold_kernel(
 # Autotune configs (CUDA). Keys hold only what changes the best config: the problem shape.
 # ---------------------------------------------------------------------------------------
 CONV_KEY = ("N", "C_G", "H", "W", "K_G", "P", "Q", "R", "S", "GROUPS")
-DGRAD_KEY = CONV_KEY + ("HAS_BIAS",)  # with a bias (conv_transpose2d) fewer configs are allowed
+DGRAD_KEY = CONV_KEY + ("HAS_BIAS",)  # conv_transpose2d (with a bias) tunes apart from conv2d's dgrad
 
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps). Large tiles feed Hopper's wgmma: compiled for a real
@@ -600,12 +600,13 @@ def _gemm_configs(capability, shapes, with_group_m):
 
 
 # Configs compiled with some flags set spill beyond these blocks: FLAT_TAPS gathers build 2-D
-# 64-bit pointer tiles (fp32 spills on sm_80), and dgrad's bias (conv_transpose2d) tips the
-# 64x64 tiles over on sm_80 and sm_90 in NCHW.
+# 64-bit pointer tiles, which spill 2-3 KB at 128x64 and 128x128 in NCHW (dgrad with a bias,
+# conv_transpose2d's forward, sm_90 fp16; 64x64 none) and 64 bytes in channels_last fp32.
+# (Bias tiles without FLAT_TAPS run on channels_last operands only and do not spill.)
 FLAG_LIMITS = {
-    "fwd": {"FLAT_TAPS": dict(BLOCK_K=16)},
-    "dgrad": {"FLAT_TAPS": dict(BLOCK_K=16), "HAS_BIAS": dict(BLOCK_N=32)},
-    "wgrad": {"FLAT_TAPS": dict(BLOCK_K=16, BLOCK_N=32)},
+    "fwd": {"FLAT_TAPS": dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=16)},
+    "dgrad": {"FLAT_TAPS": dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=16)},
+    "wgrad": {"FLAT_TAPS": dict(BLOCK_M=64, BLOCK_K=16, BLOCK_N=32)},
 }
 
 
