@@ -328,10 +328,13 @@ def _bits(op):
 
 
 def operand_precision(dtype, meta):
-    """The tensor-core operands of a GEMM launch: fp16, bf16 or tf32 (None: no tensor cores)."""
+    """The tensor-core operands of a GEMM launch (one with a PRECISION flag): fp16, bf16 or
+    tf32; None for other launches and fp32 without tf32 or fp64 GEMMs."""
+    if "PRECISION" not in meta:
+        return None
     if dtype in ("fp16", "bf16"):
         return dtype
-    return "tf32" if dtype == "fp32" and meta.get("PRECISION") == "tf32" else None
+    return "tf32" if dtype == "fp32" and meta["PRECISION"] == "tf32" else None
 
 
 def issue_tensor_ratio(figures, check, precision, target):
