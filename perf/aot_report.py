@@ -250,7 +250,8 @@ def compile_check(check):
         knobs.nvidia.dump_ptxas_log = True
         source = ASTSource(resolve(check.kernel), check.signature, check.constexprs, check.attrs)
         compiled = triton.compile(source, target=GPUTarget("cuda", check.arch, 32), options=check.options)
-    figures = dict(compile_s=time.perf_counter() - start, smem_bytes=compiled.metadata.shared)
+    figures = dict(compile_s=time.perf_counter() - start, smem_bytes=compiled.metadata.shared,
+                   dots=len(re.findall(r"= tt\.dot ", compiled.asm["ttir"])))  # GEMMs left after constexprs
     figures.update(ptxas_figures(log.getvalue()))
     figures.update(sass_figures(disassemble(compiled.asm["cubin"])))
     return figures
@@ -328,8 +329,9 @@ def _bits(op):
 
 
 def operand_precision(dtype, meta):
-    """The tensor-core operands of a GEMM launch (one with a PRECISION flag): fp16, bf16 or
-    tf32; None for other launches and fp32 without tf32 or fp64 GEMMs."""
+    """The tensor-core operands of a GEMM launch (one with a PRECISION flag; whether its dots
+    survive the constexprs is the compile's ``dots``): fp16, bf16 or tf32; None for other
+    launches and for fp32 without tf32 or fp64 GEMMs."""
     if "PRECISION" not in meta:
         return None
     if dtype in ("fp16", "bf16"):
@@ -351,7 +353,7 @@ def issue_tensor_ratio(figures, check, precision, target):
 # ----------------------------------------------------------------------------- the report
 
 COLUMNS = ["kernel", "config", "layer", "dtype", "arch", "layout", "regs", "spill_bytes", "smem_bytes", "hgmma",
-           "hmma", "ldg128", "loop_instructions", "issue_tensor_ratio", "precision", "smem_limit", "mma", "ldg",
+           "hmma", "ldg128", "loop_instructions", "issue_tensor_ratio", "precision", "dots", "smem_limit", "mma", "ldg",
            "ldgsts", "ldgsts128", "utmaldg", "loads", "local_in_loop", "loop", "num_warps", "num_stages", "tile",
            "class_layers", "specialisation", "compile_s", "triton", "commit"]
 
@@ -399,9 +401,10 @@ def rows_of(members, figures, commit):
     rows = []
     for m in members:
         f, check, target = figures[m.check.key], m.check, TARGETS[m.check.arch]
-        ratio = issue_tensor_ratio(f, check, m.precision, target)
+        precision = m.precision if f["dots"] else None
+        ratio = issue_tensor_ratio(f, check, precision, target)
         rows.append({**f, "kernel": check.name, "config": check.config, "layer": m.layers[0], "dtype": m.dtype,
-                     "arch": f"sm_{check.arch}", "layout": m.layout, "precision": m.precision or "",
+                     "arch": f"sm_{check.arch}", "layout": m.layout, "precision": precision or "",
                      "issue_tensor_ratio": round(ratio, 3) if ratio is not None else None,
                      "smem_limit": target.shared_memory, "num_warps": check.options["num_warps"],
                      "num_stages": check.options["num_stages"], "tile": "x".join(map(str, check.tile)),
