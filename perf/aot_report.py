@@ -420,16 +420,29 @@ HEADINGS = {"spill_bytes": "spill", "smem_bytes": "smem", "ldgsts128": "ldgsts12
             "issue_tensor_ratio": "i/t"}
 
 
-def print_table(rows, out=sys.stdout):
-    print(" ".join(f"{HEADINGS.get(name, name):>{width}}" for name, width in PRINTED), file=out)
+def print_table(rows):
+    print(" ".join(f"{HEADINGS.get(name, name):>{width}}" for name, width in PRINTED))
     for row in rows:
         layer = row["layer"] + (f" +{len(row['class_layers'].split()) - 1}" if " " in row["class_layers"] else "")
         cells = {**row, "layer": layer}
-        print(" ".join(f"{_cell(cells[name]):>{width}}" for name, width in PRINTED), file=out)
+        print(" ".join(f"{_cell(cells[name]):>{width}}" for name, width in PRINTED))
 
 
 def _cell(value):
     return "" if value is None else str(value)
+
+
+def write_markdown(rows, path, command):
+    """The printed columns as a markdown table, each class with all its layers, under the command."""
+    names = [name for name, _ in PRINTED]
+    commits = sorted({row["commit"] for row in rows})
+    lines = [f"`{command}`", "", f"triton {triton.__version__}, commit {', '.join(commits)}; columns: perf/README.md", "",
+             "| " + " | ".join(HEADINGS.get(name, name) for name in names) + " |", "|" + "---|" * len(names)]
+    lines += ["| " + " | ".join(_cell(row["class_layers"] if name == "layer" else row[name]) for name in names) + " |"
+              for row in rows]
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
 
 
 def write_csv(rows, path):
@@ -458,7 +471,8 @@ def parse_args(argv):
                    help="torch.backends.cudnn.allow_tf32 (fp32 GEMMs in tf32; default on, torch's default)")
     p.add_argument("--largest", action="store_true", help="only the largest config of each launch")
     p.add_argument("--jobs", type=int, default=2, help="compiling processes (default 2)")
-    p.add_argument("--csv", help="also write the rows to this CSV")
+    p.add_argument("--csv", help="also write the rows to this CSV (gzipped if it ends in .gz)")
+    p.add_argument("--markdown", help="also write the printed columns to this markdown file")
     args = p.parse_args(argv)
     args.suites, args.archs = sweep._flat(args.suites), [int(a) for a in sweep._flat(args.archs)]
     args.dtypes, args.layouts = sweep._flat(args.dtypes), sweep._flat(args.layouts)
@@ -476,7 +490,8 @@ def select_layers(suites, names=None):
 
 
 def main(argv=None):
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
     start = time.perf_counter()
     layers = select_layers(args.suites, args.shapes)
     members = plan_report(layers, args.archs, args.dtypes, args.layouts, args.tf32 == "on", args.largest,
@@ -486,6 +501,8 @@ def main(argv=None):
     print_table(rows)
     if args.csv:
         write_csv(rows, args.csv)
+    if args.markdown:
+        write_markdown(rows, args.markdown, " ".join(["python", "perf/aot_report.py", *argv]))
     print(f"{len(rows)} rows, {len(figures)} compiles, {time.perf_counter() - start:.0f} s "
           f"(triton {triton.__version__}, {args.jobs} processes)")
     return rows
