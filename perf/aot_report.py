@@ -69,7 +69,6 @@ ISSUE_PER_CLOCK = 4  # instructions an SM issues per clock: 4 schedulers (H100 a
 class Target:
     """A GPU we compile for: what its plans and its issue/tensor ratio depend on."""
     arch: int  # compute capability as Triton writes it: 90 for 9.0
-    gpu: str
     sms: int  # wgrad splits its reduction to fill them
     shared_memory: int  # bytes one block may use
     tensor_flop_per_clock: dict  # dense tensor-core FLOP per clock per SM, by operand precision
@@ -80,10 +79,10 @@ class Target:
 
 
 TARGETS = {
-    # 989 TFLOP/s dense fp16 (495 tf32) at 1.83 GHz over 132 SMs; 227 KiB per block
-    90: Target(90, "H100 SXM", 132, 232448, {"fp16": 4096, "bf16": 4096, "tf32": 2048}),
-    # 312 TFLOP/s dense fp16 (156 tf32) at 1.41 GHz over 108 SMs; 163 KiB per block
-    80: Target(80, "A100", 108, 166912, {"fp16": 2048, "bf16": 2048, "tf32": 1024}),
+    # H100 SXM: 989 TFLOP/s dense fp16 (495 tf32) at 1.83 GHz over 132 SMs; 227 KiB per block
+    90: Target(90, 132, 232448, {"fp16": 4096, "bf16": 4096, "tf32": 2048}),
+    # A100: 312 TFLOP/s dense fp16 (156 tf32) at 1.41 GHz over 108 SMs; 163 KiB per block
+    80: Target(80, 108, 166912, {"fp16": 2048, "bf16": 2048, "tf32": 1024}),
 }
 TENSOR_CORE_OPS = ("HGMMA", "HMMA", "DMMA", "IMMA")
 
