@@ -274,7 +274,7 @@ def disassemble(cubin):
 
 
 # "/*1f10*/   @!P0 BRA 0x15d0 ;": address, opcode, operands
-INSTRUCTION = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
+INSTRUCTION = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][\w.]*)([^;]*);")
 
 
 def sass_figures(sass):
@@ -299,10 +299,10 @@ def sass_figures(sass):
     body = [op for _, op, _ in (within(instructions, main) if main else instructions)]
     count = lambda base: sum(lo_op(op) == base for op in body)
     widths = lambda base: collections.Counter(_bits(op) for op in body if lo_op(op) == base)
-    loads = " ".join(f"{base}.{bits}x{n}" for base in ("LDG", "LDGSTS", "UTMALDG")
+    loads = " ".join(f"{base}.{bits}*{n}" for base in ("LDG", "LDGSTS", "UTMALDG")
                      for bits, n in sorted(widths(base).items()))
     mma = collections.Counter(op for op in body if lo_op(op) in TENSOR_CORE_OPS)
-    return dict(hgmma=count("HGMMA"), hmma=count("HMMA"), mma=" ".join(f"{op}x{n}" for op, n in sorted(mma.items())),
+    return dict(hgmma=count("HGMMA"), hmma=count("HMMA"), mma=" ".join(f"{op}*{n}" for op, n in sorted(mma.items())),
                 ldg=count("LDG"), ldg128=widths("LDG")[128], ldgsts=count("LDGSTS"), ldgsts128=widths("LDGSTS")[128],
                 utmaldg=count("UTMALDG"), loads=loads, local_in_loop=count("LDL") + count("STL") if main else None,
                 loop_instructions=len(body) if main else None,

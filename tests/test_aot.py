@@ -121,7 +121,8 @@ def test_main_loop_is_the_innermost_holding_tensor_cores():
     f = aot_report.sass_figures(SASS)
     assert f["loop"] == "0x00c0-0x0190" and f["loop_instructions"] == 14
     assert (f["hgmma"], f["hmma"], f["ldgsts"], f["ldgsts128"], f["ldg"], f["ldg128"]) == (2, 0, 1, 1, 2, 0)
-    assert f["loads"] == "LDG.16x1 LDG.64x1 LDGSTS.128x1" and f["local_in_loop"] == 1
+    assert f["loads"] == "LDG.16*1 LDG.64*1 LDGSTS.128*1" and f["local_in_loop"] == 1
+    assert f["mma"] == "HGMMA.64x64x16.F32*2"
     without_mma = aot_report.sass_figures(SASS.replace("HGMMA", "FFMA"))  # the innermost loop with loads
     assert without_mma["loop"] == "0x0100-0x0140" and without_mma["loop_instructions"] == 5
 
