@@ -200,9 +200,10 @@ def _interpreting(kernel=None):
 
 @functools.cache
 def _autotuned(kernel, capability, configs, key, prune):
-    """The autotuned launcher of ``kernel`` on one GPU architecture, built once."""
+    """The autotuned launcher of ``kernel`` on one GPU architecture, built once: ``configs``
+    and ``prune`` are functions of the architecture."""
     return triton.autotune(configs=list(configs(capability)), key=list(key),
-                           prune_configs_by={"early_config_prune": prune})(kernel)
+                           prune_configs_by={"early_config_prune": prune(capability)})(kernel)
 
 
 _TUNING_RECORD = []

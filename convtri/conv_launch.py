@@ -70,6 +70,14 @@ def _elementwise_block(t):
     return {"BLOCK": ELEMENTWISE_BLOCK_CPU if is_interpreted(t) else ELEMENTWISE_BLOCK_CUDA}
 
 
+def _strides(t):
+    """``t``'s strides as a GEMM kernel takes them: 0 along dimensions of size 1, where the index
+    is always 0. A 1x1 weight's strides along R and S would be 1, which Triton makes a constant
+    and which hides that a tap's channel vectors start 16-byte aligned; 0 is a multiple of 16
+    (perf/results/aot/: rn50_14_1x1_1024to256's forward, 2-byte weight loads -> 16-byte ones)."""
+    return tuple(0 if size == 1 else stride for size, stride in zip(t.shape, t.stride()))
+
+
 def _even_blocks(t, channels, blocks):
     """Whether every channel block of the reduction is whole: BLOCK_K divides ``channels``,
     for the interpreter's block on CPU and for every autotune config on CUDA (their BLOCK_K
@@ -140,7 +148,8 @@ class Forward:
                              groups)
         flat = _flat_taps(c // groups)
         blocks = _gemm_blocks(x, n * p * q, k // groups, c // groups * (r * s if flat else 1), GROUP_M=1)
-        scalars = (n, c // groups, h, wd, k // groups, p, q, r, s, groups, *x.stride(), *w.stride(), *self.y.stride,
+        scalars = (n, c // groups, h, wd, k // groups, p, q, r, s, groups, *_strides(x), *_strides(w),
+                   *_strides(self.y.spec),
                    b.stride(0) if b is not None else 0, *geom.stride, top, left, *geom.dilation)
         return Launch(kernels.conv2d_fwd_kernel, grid, scalars, blocks,
                       (kernels.conv2d_fwd_configs, kernels.CONV_KEY, kernels.conv2d_fwd_prune),
@@ -200,8 +209,8 @@ class Dgrad:
                              groups, sh * sw)
         flat = _flat_taps(k // groups)
         blocks = _gemm_blocks(dy, rows, c // groups, k // groups * (r * s if flat else 1))
-        scalars = (n, c // groups, h, wd, k // groups, p, q, r, s, groups, *dy.stride(), *y.stride(), *w.stride(),
-                   *dx.stride,
+        scalars = (n, c // groups, h, wd, k // groups, p, q, r, s, groups, *_strides(dy), *_strides(y), *_strides(w),
+                   *_strides(dx.spec),
                    bias.stride(0) if bias is not None else 0, sh, sw, top, left, *geom.dilation,
                    *(stride // math.gcd(stride, dil) for stride, dil in zip(geom.stride, geom.dilation)))
         return Launch(kernels.conv2d_dgrad_kernel, grid, scalars, blocks,
@@ -286,8 +295,8 @@ class Wgrad:
                              * (taps * triton.cdiv(columns, meta["BLOCK_N"]) if tiles_w else 1), splits, groups)
         block_m, block_n = block(k // groups, INTERPRETER_CHANNELS), block(columns, INTERPRETER_CHANNELS)
         blocks = dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=_rows_block(rows, block_m, block_n))
-        scalars = (n, c // groups, h, wd, k // groups, p, q, r, s, groups, splits, *x.stride(), *dy.stride(),
-                   *y.stride(), *dw_strides,
+        scalars = (n, c // groups, h, wd, k // groups, p, q, r, s, groups, splits, *_strides(x), *_strides(dy),
+                   *_strides(y), *dw_strides,
                    *db_strides,
                    *geom.stride, top, left, *geom.dilation)
         # an empty reduction (no rows) writes zeros

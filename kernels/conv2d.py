@@ -6,7 +6,8 @@ rows ``h = p * conv_stride_h - pad_h + r * dil_h`` for kernel rows r (likewise c
 ``PAD_MODE`` folds torch's padding modes into that index arithmetic: 0 zeros, 1 reflect,
 2 replicate, 3 circular. Accumulation is fp32 (fp64 for fp64 tensors).
 """
-import torch
+import functools
+
 import triton
 import triton.language as tl
 
@@ -617,28 +618,30 @@ def fits_flags(config, limits, flags):
 
 
 def _prune_to_problem(m_arg, n_arg, k_arg, limits, operand):
-    """Drop configs whose tile is far larger than the GEMM dimension it covers (a 64-wide
-    tile on 6 channels wastes 90% of its work), small tiles for a GEMM that large tiles fill
-    the GPU with, configs whose pipeline exceeds the GPU's shared memory (``operand``: a
-    tensor argument with the operands' dtype), and those that spill with the flags set; keep
-    at least the smallest config."""
-    def prune(configs, named_args, **kwargs):
-        m, n, k = (arg(named_args) for arg in (m_arg, n_arg, k_arg))
-        t = named_args[operand]
-        shared = SHARED_MEMORY.get(torch.cuda.get_device_capability(t.device), min(SHARED_MEMORY.values()))
-        large = triton.cdiv(m, 128) * triton.cdiv(n, 128) >= LARGE_GEMM_TILES
+    """For a GPU of ``capability``: drop configs whose tile is far larger than the GEMM
+    dimension it covers (a 64-wide tile on 6 channels wastes 90% of its work), small tiles for
+    a GEMM that large tiles fill the GPU with, configs whose pipeline exceeds the GPU's shared
+    memory (``operand``: a tensor argument with the operands' dtype), and those that spill
+    with the flags set; keep at least the smallest config."""
+    return lambda capability: functools.partial(_prune, m_arg, n_arg, k_arg, limits, operand,
+                                                SHARED_MEMORY.get(tuple(capability), min(SHARED_MEMORY.values())))
 
-        def fits(cfg):
-            b = cfg.kwargs
-            return (b["BLOCK_M"] <= max(16, 2 * triton.next_power_of_2(m))
-                    and b["BLOCK_N"] <= max(16, 2 * triton.next_power_of_2(n))
-                    and b["BLOCK_K"] <= max(16, 2 * triton.next_power_of_2(k))
-                    and (not large or b["BLOCK_M"] * b["BLOCK_N"] >= 128 * 64)
-                    and (b["BLOCK_M"] + b["BLOCK_N"]) * b["BLOCK_K"] * t.element_size() * cfg.num_stages <= shared
-                    and fits_flags(cfg, limits, kwargs))
-        kept = [c for c in configs if fits(c)]
-        return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"])]
-    return prune
+
+def _prune(m_arg, n_arg, k_arg, limits, operand, shared, configs, named_args, **kwargs):
+    m, n, k = (arg(named_args) for arg in (m_arg, n_arg, k_arg))
+    t = named_args[operand]
+    large = triton.cdiv(m, 128) * triton.cdiv(n, 128) >= LARGE_GEMM_TILES
+
+    def fits(cfg):
+        b = cfg.kwargs
+        return (b["BLOCK_M"] <= max(16, 2 * triton.next_power_of_2(m))
+                and b["BLOCK_N"] <= max(16, 2 * triton.next_power_of_2(n))
+                and b["BLOCK_K"] <= max(16, 2 * triton.next_power_of_2(k))
+                and (not large or b["BLOCK_M"] * b["BLOCK_N"] >= 128 * 64)
+                and (b["BLOCK_M"] + b["BLOCK_N"]) * b["BLOCK_K"] * t.element_size() * cfg.num_stages <= shared
+                and fits_flags(cfg, limits, kwargs))
+    kept = [c for c in configs if fits(c)]
+    return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"])]
 
 
 def _c_per_group(a):
