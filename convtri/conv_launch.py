@@ -91,6 +91,29 @@ def _gemm_blocks(t, rows, columns, reduction, **extra):
     return dict(BLOCK_M=_rows_block(rows, block_n, block_k), BLOCK_N=block_n, BLOCK_K=block_k, **extra)
 
 
+class Relayout:
+    """A copy of a tensor (like ``t``) in memory format ``fmt``, made by our relayout kernel;
+    calling it on the tensor gives the copy."""
+
+    def __init__(self, t, fmt):
+        self.copy = Output(t.shape, fmt, t)
+        n, c, h, w = t.shape
+        # a row of pixels follows the previous one, on both sides
+        flat = t.stride(2) == w * t.stride(3) and self.copy.stride[2] == w * self.copy.stride[3]
+        blocks = (dict(BLOCK_P=block(h * w, INTERPRETER_TILE_NUMEL // INTERPRETER_CHANNELS),
+                       BLOCK_C=block(c, INTERPRETER_CHANNELS)) if is_interpreted(t)
+                  else dict(BLOCK_P=relayout.BLOCK_PIXELS, BLOCK_C=relayout.BLOCK_CHANNELS))
+        # One program: a BLOCK_P (pixels of one image) x BLOCK_C (channels) tile of the copy.
+        grid = lambda meta: (n * triton.cdiv(h * w, meta["BLOCK_P"]), triton.cdiv(c, meta["BLOCK_C"]))
+        self.launch = Launch(relayout.relayout_kernel, grid, (n, c, h, w, *t.stride(), *self.copy.stride), blocks,
+                             FLAT_PIXELS=flat)
+
+    def __call__(self, t):
+        copy = self.copy()
+        self.launch(t, copy)
+        return copy
+
+
 class ChannelsLast:
     """An operand as the GEMM kernels read it best, with contiguous channels: the tensor itself
     when its channels are contiguous, or when ``needed`` is false (FLAT_TAPS gathers few
@@ -102,26 +125,36 @@ class ChannelsLast:
     calling it gives the tensor to launch on."""
 
     def __init__(self, t, needed):
-        self.spec, self.launch = t, None
+        self.spec, self.relayout = t, None
         if needed and t.stride(1) != 1 and t.numel() > 0:
-            self.copy = Output(t.shape, torch.channels_last, t)
-            self.spec = self.copy.spec
-            n, c, h, w = t.shape
-            flat = t.stride(2) == w * t.stride(3)  # a row of pixels follows the previous one, in both
-            blocks = (dict(BLOCK_P=block(h * w, INTERPRETER_TILE_NUMEL // INTERPRETER_CHANNELS),
-                           BLOCK_C=block(c, INTERPRETER_CHANNELS)) if is_interpreted(t)
-                      else dict(BLOCK_P=relayout.BLOCK_PIXELS, BLOCK_C=relayout.BLOCK_CHANNELS))
-            # One program: a BLOCK_P (pixels of one image) x BLOCK_C (channels) tile of the copy.
-            grid = lambda meta: (n * triton.cdiv(h * w, meta["BLOCK_P"]), triton.cdiv(c, meta["BLOCK_C"]))
-            self.launch = Launch(relayout.relayout_kernel, grid, (n, c, h, w, *t.stride(), *self.copy.stride), blocks,
-                                 FLAT_PIXELS=flat)
+            self.relayout = Relayout(t, torch.channels_last)
+            self.spec = self.relayout.copy.spec
 
     def __call__(self, t):
-        if self.launch is None:
-            return t
-        copy = self.copy()
-        self.launch(t, copy)
-        return copy
+        return t if self.relayout is None else self.relayout(t)
+
+
+class GemmOutput:
+    """Where a GEMM writes an output that torch wants in ``fmt``: there directly, or, for an
+    NCHW output of a channels_last GEMM (``nhwc``), a channels_last buffer that our relayout
+    kernel then copies into NCHW: stored straight from the accumulator, an NCHW tile of 128x256
+    spills 6 KB per thread (sm_90, perf/aot_report.py), the copy moves the output twice."""
+
+    def __init__(self, size, fmt, like, nhwc, dtype=None):
+        self.final = Output(size, fmt, like, dtype)
+        self.gemm, self.relayout = self.final, None
+        if nhwc and fmt != torch.channels_last and not self.final.empty:
+            self.gemm = Output(size, torch.channels_last, like, dtype)
+            self.relayout = Relayout(self.gemm.spec, fmt)
+            self.final = self.relayout.copy
+
+    def __call__(self):
+        """The tensor the GEMM writes."""
+        return self.gemm()
+
+    def result(self, written):
+        """The output, from what the GEMM wrote."""
+        return written if self.relayout is None else self.relayout(written)
 
 
 class Forward:
@@ -133,11 +166,11 @@ class Forward:
         n, c, h, wd = x.shape
         k, _, r, s = w.shape
         p, q = out_hw or geom.output_size(h, wd, r, s)
-        self.y = Output((n, k, p, q), out_format or memory_format(is_channels_last(x, w)), x)
         nhwc = not _flat_taps(c // geom.groups)
+        self.y = GemmOutput((n, k, p, q), out_format or memory_format(is_channels_last(x, w)), x, nhwc)
         self.x, self.w = ChannelsLast(x, nhwc), ChannelsLast(w, nhwc)
-        self.launch = None if self.y.empty else self._launch(self.x.spec, self.w.spec, b, geom,
-                                                             (n, c, h, wd, k, p, q, r, s))
+        self.launch = None if self.y.final.empty else self._launch(self.x.spec, self.w.spec, b, geom,
+                                                                   (n, c, h, wd, k, p, q, r, s))
 
     def _launch(self, x, w, b, geom, sizes):
         n, c, h, wd, k, p, q, r, s = sizes
@@ -149,7 +182,7 @@ class Forward:
         flat = _flat_taps(c // groups)
         blocks = _gemm_blocks(x, n * p * q, k // groups, c // groups * (r * s if flat else 1), GROUP_M=1)
         scalars = (n, c // groups, h, wd, k // groups, p, q, r, s, groups, *_strides(x), *_strides(w),
-                   *_strides(self.y.spec),
+                   *_strides(self.y.gemm.spec),
                    b.stride(0) if b is not None else 0, *geom.stride, top, left, *geom.dilation)
         return Launch(kernels.conv2d_fwd_kernel, grid, scalars, blocks,
                       (kernels.conv2d_fwd_configs, kernels.CONV_KEY, kernels.conv2d_fwd_prune),
@@ -161,7 +194,7 @@ class Forward:
         y = self.y()
         if self.launch is not None:
             self.launch(self.x(x), self.w(w), b if b is not None else y, y)
-        return y
+        return self.y.result(y)
 
 
 class Dgrad:
@@ -170,27 +203,30 @@ class Dgrad:
     With an ``activation`` fused into the forward, a call also passes its output y."""
 
     def __init__(self, dy, w, bias, x_size, x_format, geom, y=None, activation=kernels.NO_ACTIVATION):
-        self.dx = Output(x_size, x_format, dy)
-        self.padded = self.fold = None
         nhwc = not _flat_taps(w.shape[0] // geom.groups)
+        self.dx = GemmOutput(x_size, x_format, dy, nhwc and geom.pad_mode == kernels.PAD_ZEROS)
+        self.padded = self.fold = None
         self.dy, self.w = ChannelsLast(dy, nhwc), ChannelsLast(w, nhwc)
         self.y = ChannelsLast(y if y is not None else dy, nhwc and y is not None)
         dy, w, y = self.dy.spec, self.w.spec, self.y.spec
         self.activation = activation
         if geom.pad_mode == kernels.PAD_ZEROS:
-            self.launch = self._gemm(dy, y, w, bias, self.dx, geom, activation)
+            self.launch = self._gemm(dy, y, w, bias, self.dx.gemm, geom, activation)
             return
         n, c, h, wd = x_size
         top, bottom, left, right = geom.padding
         accumulator = torch.float64 if dy.dtype == torch.float64 else torch.float32
-        self.padded = Output((n, c, h + top + bottom, wd + left + right), x_format, dy, accumulator)
+        # the GEMM writes channels_last where its operands are (pad_fold reads through strides)
+        self.padded = Output((n, c, h + top + bottom, wd + left + right), torch.channels_last if nhwc else x_format,
+                             dy, accumulator)
         unpadded = ConvGeometry(geom.stride, (0, 0, 0, 0), geom.dilation, geom.groups)
         self.launch = self._gemm(dy, y, w, None, self.padded, unpadded, activation)
-        if not self.dx.empty:
+        if not self.dx.final.empty:
             # One program: BLOCK elements of dx, each summing the padded positions that map onto it.
             grid = lambda meta: (triton.cdiv(n * c * h * wd, meta["BLOCK"]),)
             self.fold = Launch(kernels.pad_fold_kernel, grid,
-                               (n, c, h, wd, *self.padded.size[2:], *self.padded.stride, *self.dx.stride, top, left),
+                               (n, c, h, wd, *self.padded.size[2:], *self.padded.stride, *self.dx.gemm.stride, top,
+                                left),
                                _elementwise_block(dy), PAD_MODE=geom.pad_mode)
 
     @staticmethod
@@ -226,7 +262,7 @@ class Dgrad:
         if self.padded is None:
             if self.launch is not None:
                 self.launch(dy, y, w, bias if bias is not None else dx, dx)
-            return dx
+            return self.dx.result(dx)
         padded = self.padded()
         if self.launch is not None:
             self.launch(dy, y, w, padded, padded)

@@ -56,15 +56,16 @@ def test_split_reduction_with_small_tiles(monkeypatch, small_tiles):
 ])
 def test_nchw_operands_are_copied_to_channels_last_once_each(conv, x_shape, w_shape, launches):
     """More than 16 channels in NCHW: our relayout kernel copies the input and the weight to
-    channels_last before each GEMM (dy too in the backward); channels_last operands, and
-    few channels (FLAT_TAPS reads them in place), are not copied."""
+    channels_last before each GEMM (dy too in the backward), and the NCHW output (y, dx) back
+    from the channels_last buffer the GEMM wrote; channels_last operands, and few channels
+    (FLAT_TAPS reads them in place), are not copied."""
     x = torch.randn(x_shape, requires_grad=True)
     w = torch.randn(w_shape, requires_grad=True)
     y = conv(x, w)
     y.backward(torch.randn_like(y))
     copies = [name for name, _ in launches if name == relayout.relayout_kernel.__name__]
     gemms = [name for name, _ in launches if name != relayout.relayout_kernel.__name__]
-    assert len(gemms) == 3 and len(copies) == 6  # (x, w), (dy, w), (x, dy)
+    assert len(gemms) == 3 and len(copies) == 8  # (x, w -> y), (dy, w -> dx), (x, dy)
     launches.clear()
     x_cl = x.detach().to(memory_format=torch.channels_last).requires_grad_()
     w_cl = w.detach().to(memory_format=torch.channels_last).requires_grad_()
