@@ -40,7 +40,10 @@ def _threads():
 
 @pytest.fixture
 def torch_layers(monkeypatch):
+    # torch.nn layers, kept as they are: `convert(fuse=True)` would move them onto our kernels,
+    # through the interpreter (test_every_recipe_learns went from seconds to minutes each)
     monkeypatch.setattr(training, "LeNet", TorchLeNet)
+    monkeypatch.setattr(training, "convert", lambda net, fuse: net)
     torch.set_num_threads(1)  # LeNet's small steps: a second thread only waits on a busy machine
 
 
