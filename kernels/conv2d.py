@@ -576,10 +576,12 @@ DGRAD_KEY = CONV_KEY + ("HAS_BIAS",)  # conv_transpose2d (with a bias) tunes apa
 # layer (sm_90, fp16, channels_last, 3x3, 256 channels) their main loops issue 0.40-0.52
 # instructions per tensor-core cycle at 128x256x64 with 8 warps, where the 64x64x32 tile that
 # the first H100 sweep measured at ~20% of peak issued 4.7 (perf/results/aot/). BLOCK_K = 32
-# variants keep fp32 (tf32) tiles within shared memory. Small tiles serve small GEMMs (LeNet,
-# depthwise, late ResNet stages), where a large tile would mostly compute padding.
+# variants keep fp32 (tf32) tiles within shared memory; of those, 256x128x32 compiles without
+# spills where 128x256x32 spills 88-112 bytes (tf32 wgrad, sm_90: issue/tensor 0.77-0.80, and
+# forward 0.52 at 4 stages). Small tiles serve small GEMMs (LeNet, depthwise, late ResNet
+# stages), where a large tile would mostly compute padding.
 LARGE_SHAPES = [(128, 256, 64, 8), (256, 128, 64, 8), (128, 128, 64, 8), (128, 128, 64, 4), (128, 64, 64, 4),
-                (64, 128, 64, 4), (128, 256, 32, 8), (128, 128, 32, 8)]
+                (64, 128, 64, 4), (128, 256, 32, 8), (256, 128, 32, 8), (128, 128, 32, 8)]
 SMALL_SHAPES = [(64, 64, 32, 4), (64, 64, 16, 4), (64, 32, 16, 4), (32, 64, 16, 4), (32, 32, 16, 4), (64, 16, 16, 4),
                 (32, 16, 16, 2)]
 FWD_SHAPES = DGRAD_SHAPES = WGRAD_SHAPES = LARGE_SHAPES + SMALL_SHAPES
