@@ -6,6 +6,8 @@
 Stages, in order, each with a share of the budget (plus what earlier stages left unused):
   env       GPU, SMs, clocks, driver, versions, commit; measured ceilings: device-to-device
             copy (GB/s, read + write) and a bf16 8192^3 matmul (TFLOP/s), on random data
+  compile   every kernel config the quick suite will autotune, compiled over all CPU cores into
+            Triton's cache (perf/precompile.py), where the autotuner would compile them one by one
   tests     pytest: the CUDA parity subset, then every `gpu`-marked test, then float64 parity
             (perf/pytest_stream.py selects them and streams one CSV row per test)
   quick     the quick suite, eager and CUDA-graph replay, against cuDNN / torch (perf/sweep.py)
@@ -54,16 +56,18 @@ class Stage:
 
 STAGES = [
     Stage("env", 0.05, "worker"),
-    Stage("tests", 0.22, "tests"),
-    Stage("quick", 0.36, "worker"),
-    Stage("overhead", 0.08, "worker"),
-    Stage("lenet", 0.12, "worker"),
+    Stage("compile", 0.12, "compile", needs_cuda=True),  # the quick suite: ~760 compiles (sm_90)
+    Stage("tests", 0.18, "tests"),
+    Stage("quick", 0.34, "worker"),
+    Stage("overhead", 0.07, "worker"),
+    Stage("lenet", 0.11, "worker"),
     Stage("autotune", 0.01, "autotune", needs_cuda=True),
-    Stage("ncu", 0.16, "ncu", needs_cuda=True),
+    Stage("ncu", 0.12, "ncu", needs_cuda=True),
 ]
 DEFAULT_BUDGET_S = 480
 RESERVE = (2.0, 10.0, 0.02)  # seconds kept for the summary: min, max, fraction of the budget
 GRACE_S = 1.5  # a stage's own deadline comes this long before it is killed, to write its results
+COMPILE_WRAP_UP_S = 3.0  # perf/precompile.py's time to stop its workers and write its summary
 MIN_STAGE_S = 0.5  # a stage with less time than this is skipped
 KILL_WAIT_S = 5.0  # how long a killed child may take to go
 INSTALL_TIMEOUT_S = 120
@@ -292,7 +296,8 @@ class Session:
         self.end = self.start + args.budget_s - reserve
         self.data = dict(command=" ".join(["python3", "perf/gpu_session.py", *args.argv]), started=iso(self.start),
                          budget_s=args.budget_s, smoke=args.smoke, finished=False, environment={}, ceilings={},
-                         stages={}, tests={}, quick={}, overhead={}, lenet={}, autotune={}, ncu={}, files=[])
+                         stages={}, compile={}, tests={}, quick={}, overhead={}, lenet={}, autotune={}, ncu={},
+                         files=[])
 
     # -- output
 
@@ -417,6 +422,27 @@ class Session:
             return dict(status="stopped", note=f"stopped at its cap: {not_run}")
         return dict(status="ok" if status in (0, 1) else "failed",
                     note="" if status in (0, 1) else f"pytest exited with status {status}")
+
+    def stage_compile(self, stage, deadline):
+        """perf/precompile.py over the quick suite, stopping itself before ``deadline``."""
+        result_path = os.path.join(self.scratch, "compile.json")
+        seconds = deadline - now() - GRACE_S - COMPILE_WRAP_UP_S
+        cmd = [sys.executable, os.path.join(PERF_DIR, "precompile.py"), "--suite", "quick", "--json", result_path,
+               "--seconds", f"{seconds:.1f}"]
+        env = self.data["environment"]
+        if env.get("capability") and env.get("sm_count"):  # as the env stage found the GPU
+            major, minor = env["capability"].split(".")
+            cmd += ["--arch", str(int(major) * 10 + int(minor)), "--sms", str(env["sm_count"])]
+        child = Child(cmd, self.log)
+        status = child.wait(deadline)
+        if status is None:
+            child.kill()
+        result = self.data["compile"] = read_json(result_path, {})
+        if not result:
+            return dict(status="failed", note=f"precompile exited with status {status}, nothing recorded")
+        note = f"{result['compiled']} of {result['units']} compiled, {result['failed']} failed"
+        status = "failed" if result["failed"] else "ok" if result["finished"] else "stopped"
+        return dict(status=status, note=note)
 
     def stage_autotune(self, stage, deadline):
         record = read_json(os.path.join(self.scratch, "autotune.json"))
@@ -550,6 +576,11 @@ def summary_lines(data, out):
                  f"{_fmt(ceil.get('matmul_tflops'), '.0f')} TFLOP/s | clocks {ceil.get('clocks', '-')}")
     lines.append("stages: " + " | ".join(f"{name} {s.get('status', '?')} {s.get('seconds', 0):.0f}s"
                                          for name, s in (data.get("stages") or {}).items()))
+    compiled = data.get("compile") or {}
+    if compiled:
+        lines.append(f"compile: {compiled['compiled']} of {compiled['units']} quick-suite kernels precompiled for "
+                     f"sm_{compiled['arch']} over {compiled['jobs']} processes in {compiled['seconds']} s"
+                     f"{'' if compiled['finished'] else ' (stopped: the rest compiled when first called)'}")
     lines += _tests_lines(data.get("tests") or {})
     lines += _quick_lines(read_csv(os.path.join(out, FILES["quick"])))
     lines += _overhead_lines(read_csv(os.path.join(out, FILES["overhead"])))

@@ -38,9 +38,10 @@ def test_cpu_smoke_session(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["lenet.csv", "overhead.csv", "quick.csv", "session.json",
                                                      "session.log", "tests.csv"]
     status = {name: stage["status"] for name, stage in data["stages"].items()}
-    assert status == dict(env="ok", tests="ok", quick="ok", overhead="ok", lenet="ok", autotune="skipped",
-                          ncu="skipped"), data["stages"]
+    assert status == dict(env="ok", compile="skipped", tests="ok", quick="ok", overhead="ok", lenet="ok",
+                          autotune="skipped", ncu="skipped"), data["stages"]
     assert data["stages"]["ncu"]["note"] == data["stages"]["autotune"]["note"] == "skipped: no CUDA"
+    assert data["stages"]["compile"]["note"] == "skipped: no CUDA"
     assert data["finished"] and data["smoke"] and data["install"]["ran"] is False
     assert (data["tests"]["passed"], data["tests"]["failed"], data["tests"]["not_run"]) == (1, 0, 0)
     assert data["tests"]["skipped"] >= 1  # the gpu-marked test in the smoke selection
@@ -162,6 +163,24 @@ def test_full_selection_on_cuda():
                                     dtype=torch.float32), "smoke", "cpu") is None
 
 
+def test_compile_stage_compiles_for_the_gpu_the_env_stage_found(tmp_path, monkeypatch):
+    """The compile stage runs perf/precompile.py for the capability and SM count in the
+    environment (here an H100's, compiled on this CPU), and reports what it did when its
+    share ends before the ~760 compiles of the quick suite do."""
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "cache"))
+    lines = []
+    session = SimpleNamespace(scratch=str(tmp_path), log=lines.append,
+                              data=dict(environment=dict(capability="9.0", sm_count=132)))
+    stage = next(s for s in gpu_session.STAGES if s.name == "compile")
+    start = time.time()
+    result = gpu_session.Session.stage_compile(session, stage, gpu_session.now() + 8)
+    assert time.time() - start < 9
+    assert result["status"] == "stopped" and result["note"].endswith("compiled, 0 failed"), (result, lines)
+    record = session.data["compile"]
+    assert (record["arch"], record["suite"], record["finished"]) == (90, "quick", False)
+    assert record["units"] > 100 > record["compiled"]
+
+
 def test_counts_take_each_tests_worst_outcome():
     rows = [dict(nodeid="a", outcome="passed"), dict(nodeid="b", outcome="failed"),
             dict(nodeid="c", outcome="passed"), dict(nodeid="c", outcome="error"),  # a teardown error
@@ -198,6 +217,7 @@ def test_summary_fits_in_60_lines(tmp_path):
                 ceilings=dict(copy_gbps=4300, matmul_tflops=790), stages={s: dict(status="ok", seconds=1) for s in STAGES},
                 tests=dict(select="full on cuda", passed=100, failed=30, failures=[f"tests/t.py::f[{i}]" for i in range(30)],
                            selected=140, not_run=10),
+                compile=dict(compiled=512, units=760, arch=90, jobs=16, seconds=55.0, finished=False),
                 ncu=dict(status="ok", kernels=[dict(case="vgg_fwd", kernel="conv2d_fwd_kernel", duration_us=900,
                                                     sm_pct=40, dram_pct=10, tensor_gmma_pct=30, tensor_hmma_pct=0)]),
                 files=["quick.csv"])
@@ -205,7 +225,8 @@ def test_summary_fits_in_60_lines(tmp_path):
     text = "\n".join(lines)
     assert len(lines) <= 60, text
     for expected in ("conv wgrad fp16", "pool bwd bf16", "conv fwd fp32/tf32", "0.25x", "0.5x", "conv_transpose2d bwd",
-                     "ours-graph 100000 (1.5x)", "4300 GB/s", "790 TFLOP/s", "30 failed", "... and 24 more", "vgg_fwd"):
+                     "ours-graph 100000 (1.5x)", "4300 GB/s", "790 TFLOP/s", "30 failed", "... and 24 more", "vgg_fwd",
+                     "compile: 512 of 760 quick-suite kernels precompiled for sm_90 over 16 processes in 55.0 s"):
         assert expected in text, (expected, text)
 
 

@@ -1,0 +1,184 @@
+"""Compile every kernel a suite will launch, in parallel, before anything is timed.
+
+    python perf/precompile.py --suite quick                   # on the GPU machine: its own GPU
+    python perf/precompile.py --suite smoke --arch 90 --jobs 2  # without a GPU: for sm_90
+
+Triton's autotuner compiles a launch's configs one after another, inside the process that
+times them, and a fresh machine has no cache: the quick suite's conv layers alone need several
+hundred compiles of a second or more each (perf/aot_report.py counts them), which would eat a
+GPU session's minutes on one CPU core. Here worker processes compile them over every core,
+each through Triton's own ``JITFunction.warmup``, the path a real call compiles through, so the
+binaries land in Triton's on-disk cache under the keys the timed calls look up.
+
+The launches are perf/aot_report.py's: each layer's training step on meta tensors, called as
+perf/sweep.py calls it, in the dtypes and layouts the suite times it in, with every config the
+autotuner would try there; launches that Triton would bind identically compile once. A warm-up
+asks the driver nothing but its target, ``GPUTarget("cuda", arch, 32)`` as Triton's CUDA driver
+builds it from the device's capability: the workers are given that target and never touch the
+GPU (no CUDA context each), and without a GPU ``--arch`` names the GPU to compile for.
+
+It stops itself after ``--seconds`` and writes what it did to ``--json``: what it compiled
+stays in the cache, and the rest compiles when first called, as it would have anyway.
+"""
+import argparse
+import concurrent.futures
+import dataclasses
+import functools
+import json
+import multiprocessing
+import os
+import sys
+import time
+
+PERF_DIR = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, PERF_DIR)
+import aot_report  # noqa: E402
+import shapes  # noqa: E402
+
+FAILURES_KEPT = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class Unit:
+    """One compile: config ``config`` of launch ``launch`` in the training step of ``shape``."""
+    shape: str
+    dtype: str
+    layout: str
+    launch: int
+    config: int
+
+
+def layers(suite, names=None):
+    """(shape, dtypes, layouts) of each layer of ``suite`` as the sweep times it: a quick-suite
+    pick's dtypes and layouts, else fp16 in channels_last."""
+    picks = shapes.PICKS.get(suite, {})
+    for _, shape in shapes.suite_members(suite):
+        if names and shape.name not in names:
+            continue
+        pick = picks.get(shape.name)
+        yield shape, (pick.dtypes if pick else ("fp16",)), (pick.layouts if pick else ("nhwc",))
+
+
+def target_of(arch=None, sms=None):
+    """The aot_report Target of ``arch``, or of this machine's GPU (its SM count too)."""
+    if arch is None:
+        import torch
+        props = torch.cuda.get_device_properties(0)
+        arch, sms = props.major * 10 + props.minor, props.multi_processor_count
+    elif sms is None:
+        sms = aot_report.TARGETS[arch].sms if arch in aot_report.TARGETS else 132
+    known = aot_report.TARGETS.get(arch, aot_report.Target(arch, sms, 0, {}))
+    return dataclasses.replace(known, sms=sms)
+
+
+def plan(suite, target, names=None, tf32=True):
+    """The units to compile: one per distinct binding (perf/aot_report.py's check key)."""
+    units = {}
+    for shape, dtypes, layouts in layers(suite, names):
+        for dtype in dtypes:
+            for layout in layouts:
+                for i, (launch, tensors) in enumerate(_launches(shape.name, dtype, layout, target.arch, target.sms,
+                                                                 tf32)):
+                    for j, kwargs in enumerate(aot_report.launch_configs(launch, tensors, target)):
+                        key = aot_report.bind(launch, tensors, kwargs, target).key
+                        units.setdefault(key, Unit(shape.name, dtype, layout, i, j))
+    return list(units.values())
+
+
+@functools.cache
+def _launches(shape_name, dtype, layout, arch, sms, tf32):
+    """Every launch of a layer's training step on a GPU of ``arch`` with ``sms`` SMs (cached:
+    a worker compiles many configs of one layer)."""
+    shape = {s.name: s for suite in shapes.SUITES.values() for s in suite}[shape_name]
+    target = target_of(arch, sms)
+    return aot_report.launches_of(aot_report.training_step(shape, dtype, layout), target, tf32)
+
+
+class _TargetOnly:
+    """The driver as a warm-up sees it: the target compiled for, and device and stream 0."""
+
+    def __init__(self, arch):
+        from triton.backends.compiler import GPUTarget
+        self.target = GPUTarget("cuda", arch, 32)
+
+    def get_current_target(self):
+        return self.target
+
+    def get_current_device(self):
+        return 0
+
+    def get_current_stream(self, device=None):
+        return 0
+
+
+def _start_worker(arch):
+    from triton.runtime import driver
+    driver.set_active(_TargetOnly(arch))
+
+
+def compile_unit(unit, target, tf32):
+    """Compile ``unit`` through JITFunction.warmup; its seconds."""
+    start = time.perf_counter()
+    launch, tensors = _launches(unit.shape, unit.dtype, unit.layout, target.arch, target.sms, tf32)[unit.launch]
+    kwargs = aot_report.launch_configs(launch, tensors, target)[unit.config]
+    launch.kernel.warmup(*tensors, *launch.scalars, grid=(1,), **kwargs)
+    return time.perf_counter() - start
+
+
+def precompile(suite, arch=None, names=None, jobs=None, seconds=None, tf32=True, sms=None):
+    """Compile ``suite``'s units over ``jobs`` processes for at most ``seconds``; a summary dict."""
+    start = time.perf_counter()
+    target = target_of(arch, sms)
+    units = plan(suite, target, names, tf32)
+    jobs = jobs or os.cpu_count()
+    result = dict(suite=suite, arch=target.arch, jobs=jobs, units=len(units), compiled=0, failed=0, failures=[],
+                  compile_s=0.0, finished=False)
+    pool = concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                                                  initializer=_start_worker, initargs=(target.arch,))
+    futures = {pool.submit(compile_unit, unit, target, tf32): unit for unit in units}
+    left = None if seconds is None else max(0.0, seconds - (time.perf_counter() - start))
+    try:
+        for future in concurrent.futures.as_completed(futures, timeout=left):
+            try:
+                result["compile_s"] += future.result()
+                result["compiled"] += 1
+            except Exception as e:  # a unit that fails to compile fails again when called: reported there
+                result["failed"] += 1
+                if len(result["failures"]) < FAILURES_KEPT:
+                    result["failures"].append(f"{futures[future]}: {type(e).__name__}: {str(e)[:200]}")
+        result["finished"] = True
+    except concurrent.futures.TimeoutError:
+        for process in list(getattr(pool, "_processes", {}).values()):
+            process.kill()  # their units compile when first called
+    pool.shutdown(wait=result["finished"], cancel_futures=True)
+    result.update(compile_s=round(result["compile_s"], 1), seconds=round(time.perf_counter() - start, 1))
+    return result
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--suite", default="quick", choices=sorted(shapes.SUITES), help="shape suite (default: quick)")
+    parser.add_argument("--shapes", nargs="+", help="only these shapes of the suite")
+    parser.add_argument("--arch", type=int, help="compile for this GPU (90: sm_90) instead of this machine's")
+    parser.add_argument("--sms", type=int, help="with --arch: its SM count (wgrad splits by it; default: H100's, A100's)")
+    parser.add_argument("--jobs", type=int, help="worker processes (default: one per core)")
+    parser.add_argument("--seconds", type=float, help="stop after this long")
+    parser.add_argument("--tf32", choices=("on", "off"), default="on", help="fp32 GEMMs as the sweep runs them")
+    parser.add_argument("--json", help="write the summary here")
+    args = parser.parse_args(argv)
+    result = precompile(args.suite, args.arch, args.shapes, args.jobs, args.seconds, args.tf32 == "on",
+                        args.sms)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+    print(f"precompile: {result['compiled']} of {result['units']} compiled ({result['failed']} failed) for "
+          f"sm_{result['arch']} over {result['jobs']} processes in {result['seconds']} s"
+          + ("" if result["finished"] else ", stopped at --seconds"))
+    for failure in result["failures"]:
+        print(f"  failed: {failure}")
+    return 0 if result["failed"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
