@@ -13,6 +13,7 @@ import functools
 import numpy as np
 import torch
 import triton
+import triton.testing
 from torch._subclasses.fake_tensor import is_fake
 from torch._subclasses.functional_tensor import FunctionalTensor
 from torch.library import wrap_triton
@@ -198,12 +199,21 @@ def _interpreting(kernel=None):
             scope.restore()
 
 
+# How the autotuner times each config. Triton's default (25 ms of warm-up, 100 ms of repeats)
+# costs ~0.13 s a config: ~1.5 s per first call of a large layer, whose launch tries 8-14
+# configs, and most of a GPU session's quick stage. 5 + 25 ms still repeats a 1 ms kernel 25
+# times (the median is kept) and a 10 us one thousands; it should cut that tuning time about
+# four-fold (not yet measured on a GPU).
+AUTOTUNE_BENCH = functools.partial(triton.testing.do_bench, warmup=5, rep=25)
+
+
 @functools.cache
 def _autotuned(kernel, capability, configs, key, prune):
     """The autotuned launcher of ``kernel`` on one GPU architecture, built once: ``configs``
     and ``prune`` are functions of the architecture."""
     return triton.autotune(configs=list(configs(capability)), key=list(key),
-                           prune_configs_by={"early_config_prune": prune(capability)})(kernel)
+                           prune_configs_by={"early_config_prune": prune(capability)},
+                           do_bench=AUTOTUNE_BENCH)(kernel)
 
 
 _TUNING_RECORD = []

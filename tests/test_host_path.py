@@ -165,6 +165,16 @@ LAUNCHES = {  # name -> (launch, the tensors a call passes)
 }
 
 
+def test_autotuner_times_configs_briefly():
+    # the conv GEMMs' autotuner (built for sm_90 here: building it needs no GPU) times each config
+    # with AUTOTUNE_BENCH, 5 + 25 ms, instead of Triton's 25 + 100 ms
+    fwd = conv_kernels
+    tuner = _launch._autotuned(fwd.conv2d_fwd_kernel, (9, 0), fwd.conv2d_fwd_configs, fwd.CONV_KEY,
+                               fwd.conv2d_fwd_prune)
+    assert tuner.do_bench is _launch.AUTOTUNE_BENCH
+    assert _launch.AUTOTUNE_BENCH.keywords == dict(warmup=5, rep=25)
+
+
 @pytest.mark.parametrize("name", LAUNCHES)
 def test_bound_launch_passes_what_triton_passes(name, monkeypatch):
     """A bound launch calls the compiled kernel's launcher as JITFunction.run does: grid,
