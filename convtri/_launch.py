@@ -9,6 +9,7 @@ autotuner lookup on the way.
 """
 import contextlib
 import functools
+import os
 
 import numpy as np
 import torch
@@ -207,13 +208,27 @@ def _interpreting(kernel=None):
 AUTOTUNE_BENCH = functools.partial(triton.testing.do_bench, warmup=5, rep=25)
 
 
+# CONVTRI_AUTOTUNE=0: each launch runs the first config its prune keeps (the largest tile that
+# fits the problem) and compiles nothing else. For correctness runs (the GPU session's native
+# tests), where compiling every config of every test shape would take most of the time and the
+# configs not chosen never produce an output anyway.
+AUTOTUNE_ENV = "CONVTRI_AUTOTUNE"
+
+
+def first_config(prune):
+    """``prune`` keeping only the first config it keeps."""
+    return lambda configs, named_args, **kwargs: prune(configs, named_args, **kwargs)[:1]
+
+
 @functools.cache
 def _autotuned(kernel, capability, configs, key, prune):
     """The autotuned launcher of ``kernel`` on one GPU architecture, built once: ``configs``
     and ``prune`` are functions of the architecture."""
+    prune = prune(capability)
+    if os.environ.get(AUTOTUNE_ENV, "1") == "0":
+        prune = first_config(prune)
     return triton.autotune(configs=list(configs(capability)), key=list(key),
-                           prune_configs_by={"early_config_prune": prune(capability)},
-                           do_bench=AUTOTUNE_BENCH)(kernel)
+                           prune_configs_by={"early_config_prune": prune}, do_bench=AUTOTUNE_BENCH)(kernel)
 
 
 _TUNING_RECORD = []

@@ -410,7 +410,8 @@ class Session:
         cmd = [sys.executable, "-m", "pytest", *TEST_PATHS[select], "-p", "pytest_stream",
                "--stream-csv", self.path["tests"], "--stream-select", select, "--stream-device", device,
                "--stream-selected", selected_path, "-q", "--tb=short", "-p", "no:cacheprovider"]
-        env = dict(PYTHONPATH=os.pathsep.join(filter(None, [PERF_DIR, os.environ.get("PYTHONPATH")])))
+        env = dict(PYTHONPATH=os.pathsep.join(filter(None, [PERF_DIR, os.environ.get("PYTHONPATH")])),
+                   CONVTRI_AUTOTUNE="0")  # one config per launch: tests check results, and compiling is most of their time
         child = Child(cmd, self.log, env=env)
         status = child.wait(deadline)
         if status is None:

@@ -175,6 +175,24 @@ def test_autotuner_times_configs_briefly():
     assert _launch.AUTOTUNE_BENCH.keywords == dict(warmup=5, rep=25)
 
 
+def test_autotune_off_keeps_the_first_config_the_prune_keeps(monkeypatch):
+    # CONVTRI_AUTOTUNE=0 (the GPU session's native tests): one config per launch, the first that
+    # the launch's own prune keeps, so only it compiles
+    fwd = conv_kernels
+    prune = lambda configs, named_args, **kwargs: [c for c in configs if c.kwargs["BLOCK_N"] <= named_args["n"]]
+    configs = fwd.conv2d_fwd_configs((9, 0))
+    assert len(prune(configs, dict(n=64))) > 1
+    assert _launch.first_config(prune)(configs, dict(n=64)) == prune(configs, dict(n=64))[:1]
+    monkeypatch.setenv(_launch.AUTOTUNE_ENV, "0")
+    _launch._autotuned.cache_clear()
+    try:
+        tuner = _launch._autotuned(fwd.conv2d_fwd_kernel, (9, 0), fwd.conv2d_fwd_configs, fwd.CONV_KEY,
+                                   lambda capability: prune)
+        assert tuner.early_config_prune(configs, dict(n=64)) == prune(configs, dict(n=64))[:1]
+    finally:
+        _launch._autotuned.cache_clear()
+
+
 @pytest.mark.parametrize("name", LAUNCHES)
 def test_bound_launch_passes_what_triton_passes(name, monkeypatch):
     """A bound launch calls the compiled kernel's launcher as JITFunction.run does: grid,
