@@ -36,6 +36,7 @@ import aot_report  # noqa: E402
 import shapes  # noqa: E402
 
 FAILURES_KEPT = 5
+MAX_JOBS = 32  # by default one process per core this process may run on, at most this many (each imports torch)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,7 +131,7 @@ def precompile(suite, arch=None, names=None, jobs=None, seconds=None, tf32=True,
     start = time.perf_counter()
     target = target_of(arch, sms)
     units = plan(suite, target, names, tf32)
-    jobs = jobs or os.cpu_count()
+    jobs = jobs or min(len(os.sched_getaffinity(0)), MAX_JOBS)
     result = dict(suite=suite, arch=target.arch, jobs=jobs, units=len(units), compiled=0, failed=0, failures=[],
                   compile_s=0.0, finished=False)
     pool = concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
@@ -162,7 +163,7 @@ def main(argv=None):
     parser.add_argument("--shapes", nargs="+", help="only these shapes of the suite")
     parser.add_argument("--arch", type=int, help="compile for this GPU (90: sm_90) instead of this machine's")
     parser.add_argument("--sms", type=int, help="with --arch: its SM count (wgrad splits by it; default: H100's, A100's)")
-    parser.add_argument("--jobs", type=int, help="worker processes (default: one per core)")
+    parser.add_argument("--jobs", type=int, help=f"worker processes (default: one per usable core, at most {MAX_JOBS})")
     parser.add_argument("--seconds", type=float, help="stop after this long")
     parser.add_argument("--tf32", choices=("on", "off"), default="on", help="fp32 GEMMs as the sweep runs them")
     parser.add_argument("--json", help="write the summary here")
