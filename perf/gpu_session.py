@@ -67,6 +67,9 @@ STAGES = [
 DEFAULT_BUDGET_S = 480
 RESERVE = (2.0, 10.0, 0.02)  # seconds kept for the summary: min, max, fraction of the budget
 GRACE_S = 1.5  # a stage's own deadline comes this long before it is killed, to write its results
+# pytest processes of the tests stage on a GPU machine (with pytest-xdist): a test's time there is
+# mostly compiling its kernels, on one core each; the GPU is shared
+TEST_WORKERS = 8
 COMPILE_WRAP_UP_S = 3.0  # perf/precompile.py's time to stop its workers and write its summary
 MIN_STAGE_S = 0.5  # a stage with less time than this is skipped
 KILL_WAIT_S = 5.0  # how long a killed child may take to go
@@ -410,6 +413,8 @@ class Session:
         cmd = [sys.executable, "-m", "pytest", *TEST_PATHS[select], "-p", "pytest_stream",
                "--stream-csv", self.path["tests"], "--stream-select", select, "--stream-device", device,
                "--stream-selected", selected_path, "-q", "--tb=short", "-p", "no:cacheprovider"]
+        if device == "cuda" and importlib.util.find_spec("xdist"):  # the GPU machines have pytest-xdist
+            cmd += ["-n", str(TEST_WORKERS)]
         env = dict(PYTHONPATH=os.pathsep.join(filter(None, [PERF_DIR, os.environ.get("PYTHONPATH")])),
                    CONVTRI_AUTOTUNE="0")  # one config per launch: tests check results, and compiling is most of their time
         child = Child(cmd, self.log, env=env)

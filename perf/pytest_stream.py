@@ -9,6 +9,9 @@ time cap keeps every result so far.
 bf16, then channels_last), then every test marked ``gpu``, then, as time allows, the float64
 parity cases. ``--stream-select smoke``: one parity case and the gpu-marked tests (skipped
 without a GPU), to exercise the machinery.
+
+Under pytest-xdist (``-n N``) the workers select the same tests in the same order and the main
+process, which receives every report, writes the CSV.
 """
 import csv
 import json
@@ -70,7 +73,7 @@ def pytest_collection_modifyitems(session, config, items):
         config.hook.pytest_deselected(items=deselected)
     items[:] = [item for _, _, item in kept]
     path = config.getoption("--stream-selected")
-    if path:
+    if path and _worker_id(config) in (None, "gw0"):  # under pytest-xdist every worker selects the same
         with open(path, "w") as f:
             json.dump([item.nodeid for item in items], f)
 
@@ -112,7 +115,12 @@ def _message(report):
     return ""
 
 
+def _worker_id(config):
+    """The pytest-xdist worker this process is ("gw0", ...), None in the main process."""
+    return getattr(config, "workerinput", {}).get("workerid")
+
+
 def pytest_configure(config):
     path = config.getoption("--stream-csv")
-    if path:
+    if path and _worker_id(config) is None:  # the main process, which sees every worker's reports
         config.pluginmanager.register(_Stream(path), "stream-csv")

@@ -3,6 +3,7 @@ that only a GPU machine runs, on made-up inputs (ncu's CSV, the autotuner record
 selection, the summary)."""
 import csv
 import json
+import os
 import subprocess
 import sys
 import time
@@ -144,6 +145,24 @@ def _item(file, name, device=None, gpu=False, **params):
     return SimpleNamespace(path=SimpleNamespace(name=file), originalname=name, name=name,
                            callspec=SimpleNamespace(params=dict(params, **({"device": device} if device else {}))),
                            get_closest_marker=lambda marker: object() if gpu and marker == "gpu" else None)
+
+
+def test_stream_under_xdist_is_written_by_the_main_process(tmp_path):
+    """The GPU machines run the tests stage in pytest-xdist processes: each worker selects the
+    same tests and the main process writes every outcome to the one CSV."""
+    pytest.importorskip("xdist")  # not a CI dependency; the GPU machines have it
+    csv_path, selected = tmp_path / "tests.csv", tmp_path / "selected.json"
+    result = subprocess.run([sys.executable, "-m", "pytest", "tests/test_pool2d.py", "-p", "pytest_stream", "-n", "2",
+                             "--stream-csv", str(csv_path), "--stream-select", "full", "--stream-device", "cpu",
+                             "--stream-selected", str(selected), "-k", "parity_low_precision and max", "-q",
+                             "-p", "no:cacheprovider"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, PYTHONPATH=str(PERF)))
+    assert result.returncode == 0, result.stdout[-3000:]
+    rows = list(csv.DictReader(open(csv_path)))
+    assert len(rows) == len({r["nodeid"] for r in rows}) == 3  # max pooling in fp32, fp16, bf16, once each
+    assert {r["outcome"] for r in rows} == {"passed"}
+    assert all(r["nodeid"].startswith("tests/test_pool2d.py::test_parity_low_precision[cpu-max") for r in rows)
+    assert json.loads(selected.read_text())  # written once, by the first worker
 
 
 def test_full_selection_on_cuda():
