@@ -6,6 +6,7 @@ rows ``h = p * conv_stride_h - pad_h + r * dil_h`` for kernel rows r (likewise c
 ``PAD_MODE`` folds torch's padding modes into that index arithmetic: 0 zeros, 1 reflect,
 2 replicate, 3 circular. Accumulation is fp32 (fp64 for fp64 tensors).
 """
+import copy
 import functools
 
 import triton
@@ -627,9 +628,10 @@ def fits_flags(config, limits, flags):
 def _prune_to_problem(m_arg, n_arg, k_arg, limits, operand):
     """For a GPU of ``capability``: drop configs whose tile is far larger than the GEMM
     dimension it covers (a 64-wide tile on 6 channels wastes 90% of its work), small tiles for
-    a GEMM that large tiles fill the GPU with, configs whose pipeline exceeds the GPU's shared
-    memory (``operand``: a tensor argument with the operands' dtype), and those that spill
-    with the flags set; keep at least the smallest config."""
+    a GEMM that large tiles fill the GPU with, and those that spill with the flags set; shorten
+    a pipeline that exceeds the GPU's shared memory (``operand``: a tensor argument with the
+    operands' dtype) to the deepest that fits, of at least 2 stages, else drop it; keep at
+    least the smallest config."""
     return lambda capability: functools.partial(_prune, m_arg, n_arg, k_arg, limits, operand,
                                                 SHARED_MEMORY.get(tuple(capability), min(SHARED_MEMORY.values())))
 
@@ -645,10 +647,31 @@ def _prune(m_arg, n_arg, k_arg, limits, operand, shared, configs, named_args, **
                 and b["BLOCK_N"] <= max(16, 2 * triton.next_power_of_2(n))
                 and b["BLOCK_K"] <= max(16, 2 * triton.next_power_of_2(k))
                 and (not large or b["BLOCK_M"] * b["BLOCK_N"] >= 128 * 64)
-                and (b["BLOCK_M"] + b["BLOCK_N"]) * b["BLOCK_K"] * t.element_size() * cfg.num_stages <= shared
                 and fits_flags(cfg, limits, kwargs))
-    kept = [c for c in configs if fits(c)]
-    return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"])]
+    kept = {}
+    for config in configs:
+        config = within_shared_memory(config, shared, t.element_size()) if fits(config) else None
+        if config is not None:
+            kept.setdefault((tuple(sorted(config.kwargs.items())), config.num_warps, config.num_stages), config)
+    return (list(kept.values())
+            or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"])])
+
+
+def within_shared_memory(config, shared, element_size):
+    """``config``, or its tile with the deepest pipeline of at least 2 stages whose operand
+    buffers fit ``shared`` bytes (None if none does). tf32 tiles with BLOCK_K = 64 fit sm_90
+    at 2 stages only, where their main loops issue 0.35 (128x256x64 forward, 0 spills) to 0.66
+    (256x128x64 wgrad, 24 spill bytes) instructions per tensor-core cycle, against 0.52 and
+    0.80 for the deepest BLOCK_K = 32 tiles without spills (perf/results/aot/tf32-sm90.md)."""
+    stage_bytes = (config.kwargs["BLOCK_M"] + config.kwargs["BLOCK_N"]) * config.kwargs["BLOCK_K"] * element_size
+    stages = min(config.num_stages, shared // stage_bytes)
+    if stages < 2:
+        return None
+    if stages == config.num_stages:
+        return config
+    shorter = copy.copy(config)
+    shorter.num_stages = stages
+    return shorter
 
 
 def _c_per_group(a):

@@ -82,3 +82,25 @@ def test_relayout_of_a_view(fmt, launches):
     w = torch.randn(8, 24, 3, 3, dtype=torch.float64)
     torch.testing.assert_close(convtri.conv2d(x, w, padding=1), F.conv2d(x, w, padding=1))
     assert relayout.relayout_kernel.__name__ in [name for name, _ in launches]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_pipelines_shortened_to_fit_shared_memory(dtype):
+    # vgg16_28_512to512's forward on sm_90: 128x256x64 and 256x128x64 tiles of fp32 (tf32)
+    # operands fit 227 KiB only at 2 stages, and are tried so; fp16 keeps every config as listed
+    from convtri.kernels import conv2d as kernels
+    configs = kernels.conv2d_fwd_configs((9, 0))
+    named = dict(N=32, P=28, Q=28, K_G=512, C_G=512, x_ptr=torch.empty(0, dtype=dtype))
+    kept = kernels.conv2d_fwd_prune((9, 0))(list(configs), named)
+    shape = lambda c: (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps)
+    stages = {}
+    for c in kept:
+        stages.setdefault(shape(c), []).append(c.num_stages)
+        assert (sum(shape(c)[:2]) * shape(c)[2] * dtype.itemsize * c.num_stages <= kernels.SHARED_MEMORY[(9, 0)])
+    assert len(set(map(lambda c: (shape(c), c.num_stages), kept))) == len(kept)  # no config twice
+    if dtype == torch.float32:
+        assert stages[(128, 256, 64, 8)] == stages[(256, 128, 64, 8)] == [2]
+        assert stages[(128, 128, 64, 8)] == [3]  # its 4-stage twin shortened to the 3-stage one, kept once
+    else:
+        assert all(c in configs for c in kept)  # the listed objects themselves
+        assert stages[(128, 256, 64, 8)] == [3, 4]
