@@ -90,21 +90,28 @@ TENSOR_CORE_OPS = ("HGMMA", "HMMA", "DMMA", "IMMA")
 # ----------------------------------------------------------------------------- real calls
 
 class MetaCase(sweep.Case):
-    """perf/sweep.py's training step (fwdbwd) of ``shape`` on meta tensors of ``dtype``: the same
-    op call and layouts, no data."""
+    """perf/sweep.py's case (``shape``, ``op``) on meta tensors of ``dtype``: the same op call and
+    layouts, no data."""
 
-    def __init__(self, shape, dtype):
-        self.shape, self.op = shape, "fwdbwd"
+    def __init__(self, shape, op, dtype):
+        self.shape, self.op = shape, op
         meta = lambda size: torch.empty(size, dtype=DTYPES[dtype], device="meta")
         self.tensors = [meta(shape.input_shape)] + ([meta(shape.weight_shape)] if shape.kind == "conv" else [])
         self.dy = meta(shape.output_shape)
-        self.wrt = list(range(len(self.tensors)))
+        self.wrt = self.gradients(op, len(self.tensors))
+
+
+def sweep_call(shape, op, dtype, layout):
+    """A function that runs what perf/sweep.py's point runs, on meta tensors: for a gradient
+    alone (dgrad, wgrad, bwd), the untimed forward it differentiates, then the timed call."""
+    case = MetaCase(shape, op, dtype)
+    forward = case.forward(convtri)
+    return lambda: case.callable(forward, layout)()
 
 
 def training_step(shape, dtype, layout):
     """The call to record for a layer: a function that runs its training step on meta tensors."""
-    case = MetaCase(shape, dtype)
-    return case.callable(case.forward(convtri), layout)
+    return sweep_call(shape, "fwdbwd", dtype, layout)
 
 
 @contextlib.contextmanager

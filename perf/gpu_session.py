@@ -50,13 +50,13 @@ sys.path.insert(0, PERF_DIR)
 class Stage:
     name: str
     share: float
-    runner: str  # "worker" (the measuring process), "tests" (pytest), "autotune" or "ncu"
+    runner: str  # "worker" (the measuring process), "compile", "tests" (pytest), "autotune" or "ncu"
     needs_cuda: bool = False
 
 
 STAGES = [
     Stage("env", 0.05, "worker"),
-    Stage("compile", 0.12, "compile", needs_cuda=True),  # the quick suite: ~770 compiles (sm_90)
+    Stage("compile", 0.12, "compile", needs_cuda=True),  # the quick suite: ~550 compiles (sm_90)
     Stage("tests", 0.18, "tests"),
     Stage("quick", 0.34, "worker"),
     Stage("overhead", 0.07, "worker"),

@@ -10,9 +10,9 @@ GPU session's minutes on one CPU core. Here worker processes compile them over e
 each through Triton's own ``JITFunction.warmup``, the path a real call compiles through, so the
 binaries land in Triton's on-disk cache under the keys the timed calls look up.
 
-The launches are perf/aot_report.py's: each layer's training step on meta tensors, called as
-perf/sweep.py calls it, in the dtypes and layouts the suite times it in, with every config the
-autotuner would try there; launches that Triton would bind identically compile once. A warm-up
+The launches are those of perf/sweep.py's points (its default passes, dtypes and layouts on a
+GPU, or a curated suite's picks), run on meta tensors as perf/aot_report.py runs them: for a
+gradient point, the untimed forward too. Each with every config the autotuner would try there; launches that Triton would bind identically compile once. A warm-up
 asks the driver nothing but its target, ``GPUTarget("cuda", arch, 32)`` as Triton's CUDA driver
 builds it from the device's capability: the workers are given that target and never touch the
 GPU (no CUDA context each), and without a GPU ``--arch`` names the GPU to compile for.
@@ -34,6 +34,7 @@ PERF_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, PERF_DIR)
 import aot_report  # noqa: E402
 import shapes  # noqa: E402
+import sweep  # noqa: E402
 
 FAILURES_KEPT = 5
 MAX_JOBS = 32  # by default one process per core this process may run on, at most this many (each imports torch)
@@ -41,23 +42,23 @@ MAX_JOBS = 32  # by default one process per core this process may run on, at mos
 
 @dataclasses.dataclass(frozen=True)
 class Unit:
-    """One compile: config ``config`` of launch ``launch`` in the training step of ``shape``."""
-    shape: str
+    """One compile: config ``config`` of launch ``launch`` in the sweep's point (``shape``,
+    ``op``, ``dtype``, ``layout``)."""
+    shape: object  # a perf/shapes.py layer (Conv or Pool)
+    op: str
     dtype: str
     layout: str
     launch: int
     config: int
 
 
-def layers(suite, names=None):
-    """(shape, dtypes, layouts) of each layer of ``suite`` as the sweep times it: a quick-suite
-    pick's dtypes and layouts, else fp16 in channels_last."""
-    picks = shapes.PICKS.get(suite, {})
-    for _, shape in shapes.suite_members(suite):
-        if names and shape.name not in names:
-            continue
-        pick = picks.get(shape.name)
-        yield shape, (pick.dtypes if pick else ("fp16",)), (pick.layouts if pick else ("nhwc",))
+def points(suite, names=None, dtypes=None, layouts=None):
+    """The sweep's points of ``suite`` on a GPU, with its default passes and, unless given, its
+    default dtypes and layouts (a curated suite's picks): (shape, op, dtype, layout)."""
+    members = sweep.members_of(argparse.Namespace(suite=suite, shapes=names))
+    for _, shape, op, dtype, layout in sweep.sweep_points(members, shapes.CONV_OPS, dtypes or list(sweep.DTYPES),
+                                                          layouts or list(sweep.LAYOUTS)):
+        yield shape, op, dtype, layout
 
 
 def target_of(arch=None, sms=None):
@@ -66,33 +67,26 @@ def target_of(arch=None, sms=None):
         import torch
         props = torch.cuda.get_device_properties(0)
         arch, sms = props.major * 10 + props.minor, props.multi_processor_count
-    elif sms is None:
-        sms = aot_report.TARGETS[arch].sms if arch in aot_report.TARGETS else 132
-    known = aot_report.TARGETS.get(arch, aot_report.Target(arch, sms, 0, {}))
-    return dataclasses.replace(known, sms=sms)
+    known = aot_report.TARGETS.get(arch) or aot_report.Target(arch, 132, 0, {})
+    return dataclasses.replace(known, sms=sms or known.sms)
 
 
-def plan(suite, target, names=None, tf32=True):
+def plan(suite, target, names=None, tf32=True, dtypes=None, layouts=None):
     """The units to compile: one per distinct binding (perf/aot_report.py's check key)."""
     units = {}
-    for shape, dtypes, layouts in layers(suite, names):
-        for dtype in dtypes:
-            for layout in layouts:
-                for i, (launch, tensors) in enumerate(_launches(shape.name, dtype, layout, target.arch, target.sms,
-                                                                 tf32)):
-                    for j, kwargs in enumerate(aot_report.launch_configs(launch, tensors, target)):
-                        key = aot_report.bind(launch, tensors, kwargs, target).key
-                        units.setdefault(key, Unit(shape.name, dtype, layout, i, j))
+    for point in points(suite, names, dtypes, layouts):
+        for i, (launch, tensors) in enumerate(_launches(*point, target.arch, target.sms, tf32)):
+            for j, kwargs in enumerate(aot_report.launch_configs(launch, tensors, target)):
+                units.setdefault(aot_report.bind(launch, tensors, kwargs, target).key, Unit(*point, i, j))
     return list(units.values())
 
 
 @functools.cache
-def _launches(shape_name, dtype, layout, arch, sms, tf32):
-    """Every launch of a layer's training step on a GPU of ``arch`` with ``sms`` SMs (cached:
-    a worker compiles many configs of one layer)."""
-    shape = {s.name: s for suite in shapes.SUITES.values() for s in suite}[shape_name]
-    target = target_of(arch, sms)
-    return aot_report.launches_of(aot_report.training_step(shape, dtype, layout), target, tf32)
+def _launches(shape, op, dtype, layout, arch, sms, tf32):
+    """Every launch of a sweep point on a GPU of ``arch`` with ``sms`` SMs (cached: a worker
+    compiles many configs of one point)."""
+    call = aot_report.sweep_call(shape, op, dtype, layout)
+    return aot_report.launches_of(call, target_of(arch, sms), tf32)
 
 
 class _TargetOnly:
@@ -120,17 +114,19 @@ def _start_worker(arch):
 def compile_unit(unit, target, tf32):
     """Compile ``unit`` through JITFunction.warmup; its seconds."""
     start = time.perf_counter()
-    launch, tensors = _launches(unit.shape, unit.dtype, unit.layout, target.arch, target.sms, tf32)[unit.launch]
+    point = (unit.shape, unit.op, unit.dtype, unit.layout)
+    launch, tensors = _launches(*point, target.arch, target.sms, tf32)[unit.launch]
     kwargs = aot_report.launch_configs(launch, tensors, target)[unit.config]
     launch.kernel.warmup(*tensors, *launch.scalars, grid=(1,), **kwargs)
     return time.perf_counter() - start
 
 
-def precompile(suite, arch=None, names=None, jobs=None, seconds=None, tf32=True, sms=None):
+def precompile(suite, arch=None, names=None, jobs=None, seconds=None, tf32=True, sms=None, dtypes=None,
+               layouts=None):
     """Compile ``suite``'s units over ``jobs`` processes for at most ``seconds``; a summary dict."""
     start = time.perf_counter()
     target = target_of(arch, sms)
-    units = plan(suite, target, names, tf32)
+    units = plan(suite, target, names, tf32, dtypes, layouts)
     jobs = jobs or min(len(os.sched_getaffinity(0)), MAX_JOBS)
     result = dict(suite=suite, arch=target.arch, jobs=jobs, units=len(units), compiled=0, failed=0, failures=[],
                   compile_s=0.0, finished=False)
@@ -161,6 +157,8 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suite", default="quick", choices=sorted(shapes.SUITES), help="shape suite (default: quick)")
     parser.add_argument("--shapes", nargs="+", help="only these shapes of the suite")
+    parser.add_argument("--dtypes", nargs="+", choices=list(sweep.DTYPES), help="as perf/sweep.py's (default: all)")
+    parser.add_argument("--layouts", nargs="+", choices=list(sweep.LAYOUTS), help="as perf/sweep.py's (default: both)")
     parser.add_argument("--arch", type=int, help="compile for this GPU (90: sm_90) instead of this machine's")
     parser.add_argument("--sms", type=int, help="with --arch: its SM count (wgrad splits by it; default: H100's, A100's)")
     parser.add_argument("--jobs", type=int, help=f"worker processes (default: one per usable core, at most {MAX_JOBS})")
@@ -169,7 +167,7 @@ def main(argv=None):
     parser.add_argument("--json", help="write the summary here")
     args = parser.parse_args(argv)
     result = precompile(args.suite, args.arch, args.shapes, args.jobs, args.seconds, args.tf32 == "on",
-                        args.sms)
+                        args.sms, args.dtypes, args.layouts)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)

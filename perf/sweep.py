@@ -167,7 +167,12 @@ class Case:
         randn = lambda size: torch.randn(size, generator=gen, device=device).to(DTYPES[dtype])
         self.tensors = [randn(shape.input_shape)] + ([randn(shape.weight_shape)] if shape.kind == "conv" else [])
         self.dy = randn(shape.output_shape)
-        self.wrt = {"fwd": [], "dgrad": [0], "bwd": [0], "wgrad": [1], "fwdbwd": list(range(len(self.tensors)))}[op]
+        self.wrt = self.gradients(op, len(self.tensors))
+
+    @staticmethod
+    def gradients(op, inputs):
+        """Which of ``inputs`` tensors ``op`` differentiates."""
+        return {"fwd": [], "dgrad": [0], "bwd": [0], "wgrad": [1], "fwdbwd": list(range(inputs))}[op]
 
     def forward(self, lib):
         """The op from ``lib``: convtri, torch.nn.functional, or anything with their signatures."""
@@ -194,6 +199,23 @@ class Case:
         return lambda: torch.autograd.grad(y, wrt, dy, retain_graph=True)
 
 
+def shape_ops(shape, ops):
+    """The passes of ``ops`` (conv names) that ``shape`` runs: pooling's backward is "bwd"."""
+    if shape.kind == "conv":
+        return [op for op in ops if op in shapes.CONV_OPS]
+    return [POOL_OP[op] for op in ops if op in POOL_OP]
+
+
+def sweep_points(members, ops, dtypes, layouts):
+    """The (suite, shape, op, dtype, layout) points a sweep of ``members`` runs, in order."""
+    for suite, shape in members:
+        for dtype in dtypes:
+            for op in shape_ops(shape, ops):
+                for layout in layouts:
+                    if shapes.selected(suite, shape, op, dtype, layout):
+                        yield suite, shape, op, dtype, layout
+
+
 def baseline_name(kind, device):
     if device == "cpu":
         return "torch-cpu"
@@ -215,12 +237,7 @@ class Sweep:
 
     def points(self, members):
         """The (suite, shape, op, dtype, layout) points the sweep runs, in order."""
-        for suite, shape in members:
-            for dtype in self.args.dtypes:
-                for op in self.ops(shape):
-                    for layout in self.args.layouts:
-                        if shapes.selected(suite, shape, op, dtype, layout):
-                            yield suite, shape, op, dtype, layout
+        return sweep_points(members, self.args.ops, self.args.dtypes, self.args.layouts)
 
     def run(self, members):
         for point in self.points(members):
@@ -228,11 +245,6 @@ class Sweep:
                 break
             self.point(*point)
         return self.rows
-
-    def ops(self, shape):
-        if shape.kind == "conv":
-            return [op for op in self.args.ops if op in shapes.CONV_OPS]
-        return [POOL_OP[op] for op in self.args.ops if op in POOL_OP]
 
     def point(self, suite, shape, op, dtype, layout):
         """One (shape, op, dtype, layout): correctness first, then ours and the baseline timed."""
