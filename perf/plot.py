@@ -97,6 +97,18 @@ def suite_shapes(suite):
         return []
 
 
+def expected_point(suite, name, op, dtype, layout):
+    """Whether a sweep of ``suite`` runs this point: an op of the shape's kind, picked by a
+    curated suite (perf/shapes.py's ``selected``); True where shapes.py cannot say."""
+    try:
+        import shapes
+        shape = next(s for s in shapes.SUITES[suite] if s.name == name)
+    except Exception:  # plot.py also runs on CSVs alone, and on suites shapes.py no longer has
+        return True
+    return (op in (shapes.CONV_OPS if shape.kind == "conv" else shapes.POOL_OPS)
+            and shapes.selected(suite, shape, op, dtype, layout))
+
+
 def geomean_table(rows, provider=OURS, by="kind"):
     """{(row[by], op): {dtype: (geomean speedup or nan, rows used, rows excluded)}}, ``by`` being
     "kind" (conv or pool) or "suite"."""
@@ -165,7 +177,7 @@ def plot_speedup(rows, suite, path):
             good = [name for name in at if usable(at[name])]
             wrong = [name for name in at if not usable(at[name]) and math.isfinite(at[name]["speedup"])]
             failed = [name for name in at if not math.isfinite(at[name]["speedup"])]  # no time at all
-            missing = [name for name in names if name not in at]
+            missing = [name for name in names if name not in at and expected_point(suite, name, op, dtype, layout)]
             not_measured += [(dtype, layout, op, name) for name in missing]
             ax.bar([x[n] for n in good], [at[n]["speedup"] for n in good], width, color=OP_COLORS.get(op, "grey"))
             ax.bar([x[n] for n in wrong], [at[n]["speedup"] for n in wrong], width, **WRONG_BAR)

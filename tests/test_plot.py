@@ -107,3 +107,18 @@ def test_committed_readme_is_what_plot_writes(rows, tmp_path):
     plot.write_readme(rows, tmp_path, pngs, csvs)
     assert (tmp_path / "README.md").read_text() == committed
     assert "**Where convtri stands**" in committed.splitlines()[2]
+
+
+def test_a_complete_quick_run_misses_nothing(tmp_path):
+    # the quick suite's picks choose their own ops, dtypes and layouts: a run with every pick
+    # measured (made-up rows) marks no point "not measured" (was 213: every op, dtype and layout
+    # of every shape, a conv's "bwd" and a pool's dgrad among them)
+    import shapes
+    template = next(iter(plot.read_rows(sorted(str(p) for p in RESULTS.glob("*.csv")))))
+    rows = [dict(template, suite="quick", shape=pick.shape.name, kind=pick.shape.kind, op=op, dtype=dtype, layout=layout,
+                 provider="convtri", speedup=0.5, ok=True)
+            for pick in shapes.QUICK for op in pick.ops for dtype in pick.dtypes for layout in pick.layouts]
+    assert len(rows) == sum(pick.points() for pick in shapes.QUICK)
+    assert plot.plot_speedup(rows, "quick", tmp_path / "quick.png") == []
+    del rows[0]  # vgg16_56_256to256 fwd fp16 nhwc, the first pick's first point
+    assert plot.plot_speedup(rows, "quick", tmp_path / "quick.png") == [("fp16", "nhwc", "fwd", "vgg16_56_256to256")]
