@@ -49,6 +49,7 @@ def _parse_padding(padding, stride, dilation, kernel_size):
 
 ACTIVATIONS = {None: kernels.NO_ACTIVATION, "relu": kernels.RELU, "sigmoid": kernels.SIGMOID}
 OP_ACTIVATIONS = {"none": kernels.NO_ACTIVATION, "relu": kernels.RELU, "sigmoid": kernels.SIGMOID}  # the ops' names
+OP_ACTIVATION_NAMES = {code: name for name, code in OP_ACTIVATIONS.items()}
 
 
 def activation_code(activation, names=ACTIVATIONS):
@@ -187,7 +188,7 @@ class Conv2dPlan(ConvPlan):
     def backward_ops(self, dy, x, w, needs, y=None):
         """(dx, dw, db) through the backward ops, as a tracer sees them."""
         args = self.geom.op_args()
-        act = {code: name for name, code in OP_ACTIVATIONS.items()}[self.activation]
+        act = OP_ACTIVATION_NAMES[self.activation]
         dx = dw = db = None
         if needs[0]:
             dx = torch.ops.convtri.conv2d_dgrad(dy, w, x.shape, is_channels_last(x), *args, y, act)
@@ -385,7 +386,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
         op = lambda x: conv2d(x, weight, bias, stride, padding, dilation, groups, padding_mode=padding_mode,
                               activation=activation)
     else:  # torch must see the op
-        name = {code: name for name, code in OP_ACTIVATIONS.items()}[code]
+        name = OP_ACTIVATION_NAMES[code]
         op = lambda x: torch.ops.convtri.conv2d(x, weight, bias, *geom.op_args(), name)
     return _args.batched("conv2d", op, input)
 

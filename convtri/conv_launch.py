@@ -162,7 +162,6 @@ class Forward:
     gradient computes only the first ``out_hw`` rows and columns, in ``out_format``."""
 
     def __init__(self, x, w, b, geom, out_hw=None, out_format=None, activation=kernels.NO_ACTIVATION):
-        self.activation = activation
         n, c, h, wd = x.shape
         k, _, r, s = w.shape
         p, q = out_hw or geom.output_size(h, wd, r, s)
@@ -170,9 +169,9 @@ class Forward:
         self.y = GemmOutput((n, k, p, q), out_format or memory_format(is_channels_last(x, w)), x, nhwc)
         self.x, self.w = ChannelsLast(x, nhwc), ChannelsLast(w, nhwc)
         self.launch = None if self.y.final.empty else self._launch(self.x.spec, self.w.spec, b, geom,
-                                                                   (n, c, h, wd, k, p, q, r, s))
+                                                                   (n, c, h, wd, k, p, q, r, s), activation)
 
-    def _launch(self, x, w, b, geom, sizes):
+    def _launch(self, x, w, b, geom, sizes, activation):
         n, c, h, wd, k, p, q, r, s = sizes
         top, _, left, _ = geom.padding
         groups = geom.groups
@@ -188,7 +187,7 @@ class Forward:
                       (kernels.conv2d_fwd_configs, kernels.CONV_KEY, kernels.conv2d_fwd_prune),
                       HAS_BIAS=b is not None, PAD_MODE=geom.pad_mode, FLAT_TAPS=flat, PRECISION=dot_precision(x),
                       UPCAST=dot_upcast(x), EVEN_BLOCKS=not flat and _even_blocks(x, c // groups, blocks),
-                      ACTIVATION=self.activation)
+                      ACTIVATION=activation)
 
     def __call__(self, x, w, b):
         y = self.y()
@@ -209,7 +208,6 @@ class Dgrad:
         self.dy, self.w = ChannelsLast(dy, nhwc), ChannelsLast(w, nhwc)
         self.y = ChannelsLast(y if y is not None else dy, nhwc and y is not None)
         dy, w, y = self.dy.spec, self.w.spec, self.y.spec
-        self.activation = activation
         if geom.pad_mode == kernels.PAD_ZEROS:
             self.launch = self._gemm(dy, y, w, bias, self.dx.gemm, geom, activation)
             return

@@ -25,8 +25,6 @@ def _ours(module: nn.Module) -> nn.Module:
     # containers are shared by a shallow copy; give the twin its own
     for key in ("_parameters", "_buffers", "_modules"):
         twin.__dict__[key] = dict(module.__dict__[key])
-    if isinstance(twin, cnn.Conv2d):
-        twin.activation = getattr(module, "activation", None)
     return twin
 
 

@@ -13,6 +13,8 @@ class Conv2d(torch.nn.Conv2d):
     ``activation`` (keyword only, ``None``, ``"relu"`` or ``"sigmoid"``) is fused into the
     kernels: ``Conv2d(..., activation="relu")`` computes ``Conv2d(...)`` then ``ReLU()``."""
 
+    activation = None  # also for a twin that convert() re-classes from torch's Conv2d
+
     def __init__(self, *args, activation=None, **kwargs):
         super().__init__(*args, **kwargs)
         activation_code(activation)
