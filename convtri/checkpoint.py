@@ -71,7 +71,11 @@ def load_lenet(path, net=None, variant=None, layers=cnn):
     Loaded into ``net`` when given, else into a new ``LeNet(<saved variant>, layers)``. A
     ``net`` or ``variant`` other than the saved variant raises a ValueError that says so.
     """
-    content = read(path)
+    return lenet_of(read(path), path, net, variant, layers)
+
+
+def lenet_of(content, path, net=None, variant=None, layers=cnn):
+    """``load_lenet`` on the ``content`` already read from ``path``."""
     saved = content["variant"]
     if variant is not None:
         check_variant(path, saved, variant, "the variant asked for")

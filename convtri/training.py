@@ -459,7 +459,7 @@ def speed_line(row, run):
 def evaluate(args):
     """--eval-only CHECKPOINT: the saved network's loss and accuracy on its dataset's test split."""
     saved = read_saved(args.eval_only, "--eval-only")
-    if args.variant and args.variant != saved["variant"]:
+    if args.variant:
         try:
             checkpoint.check_variant(args.eval_only, saved["variant"], args.variant, "--variant")
         except ValueError as err:
@@ -470,7 +470,7 @@ def evaluate(args):
     _, test_set, dataset = load_data(dataset, args.data or settings["data"], not args.no_download, True)
     limit = settings["limit"] if args.limit is None else args.limit
     test_set = data.limit(test_set, limit or None)
-    net = checkpoint.load_lenet(args.eval_only).to(device)
+    net = checkpoint.lenet_of(saved, args.eval_only).to(device)
     loss, accuracy = split_metrics(net, DataLoader(test_set, batch_size=1024), torch.device(device))
     print(f"eval: {args.eval_only}, {saved['variant']} LeNet after epoch {saved['epoch']}, on {len(test_set)} "
           f"{dataset} test examples: test_loss {loss:.4f} test_acc {accuracy:.4f}")
