@@ -11,7 +11,8 @@ from convtri._dispatch import (Plans, eager_apply, exact, is_eager, other_backwa
 from convtri._launch import (FLOAT_DTYPES, MAX_INT32, MAX_PIXELS, allows_tf32, check_device, is_channels_last,
                              memory_format, memory_span)
 from convtri._library import triton_op
-from convtri.conv_launch import MAX_GRID_YZ, PAD_MODES, ConvGeometry, Dgrad, Forward, Wgrad
+from convtri import depthwise_launch as launches
+from convtri.conv_launch import MAX_GRID_YZ, PAD_MODES, ConvGeometry
 from convtri.kernels import conv2d as kernels
 
 
@@ -169,13 +170,15 @@ class Conv2dPlan(ConvPlan):
     def __init__(self, input, weight, bias, geom, activation=kernels.NO_ACTIVATION):
         check_conv2d(input.shape, weight.shape, bias, geom)
         self.geom, self.activation = geom, activation
-        self.forward = Forward(input, weight, bias, geom, activation=activation)
+        self.forward = launches.forward(input, weight, bias, geom, activation=activation)
         self.backwards = {}
 
     def backward_launches(self, dy, x, w, needs, y):
         geom, act = self.geom, self.activation
-        dgrad = Dgrad(dy, w, None, x.shape, memory_format(is_channels_last(x)), geom, y, act) if needs[0] else None
-        wgrad = Wgrad(x, dy, w.shape, w.stride(), geom, needs[1], needs[2], y, act) if needs[1] or needs[2] else None
+        dgrad = launches.dgrad(dy, w, None, x.shape, memory_format(is_channels_last(x)), geom, y, act) if needs[0] \
+            else None
+        wgrad = (launches.wgrad(x, dy, w.shape, w.stride(), geom, needs[1], needs[2], y, act)
+                 if needs[1] or needs[2] else None)
         return dgrad, wgrad
 
     @staticmethod
@@ -267,7 +270,8 @@ def _build_dgrad(grad_output, weight, input_size, input_channels_last, stride, p
     if output is not None:
         check_size(output, "output", output_size, "conv2d_dgrad")
     code = _activation_output(output, activation, "conv2d_dgrad")
-    return Dgrad(grad_output, weight, None, tuple(input_size), memory_format(input_channels_last), geom, output, code)
+    return launches.dgrad(grad_output, weight, None, tuple(input_size), memory_format(input_channels_last), geom,
+                          output, code)
 
 
 @triton_op("conv2d_wgrad")
@@ -293,7 +297,8 @@ def _build_wgrad(input, grad_output, weight, stride, padding, dilation, groups, 
     if output is not None:
         check_size(output, "output", output_size, "conv2d_wgrad")
     code = _activation_output(output, activation, "conv2d_wgrad")
-    return Wgrad(input, grad_output, weight.shape, weight.stride(), geom, weight_grad, bias_grad, output, code)
+    return launches.wgrad(input, grad_output, weight.shape, weight.stride(), geom, weight_grad, bias_grad, output,
+                          code)
 
 
 # ----------------------------------------------------------------------------- autograd

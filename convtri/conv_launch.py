@@ -165,11 +165,17 @@ class Forward:
         n, c, h, wd = x.shape
         k, _, r, s = w.shape
         p, q = out_hw or geom.output_size(h, wd, r, s)
-        nhwc = not _flat_taps(c // geom.groups)
+        nhwc = self.copies_operands(c // geom.groups)
         self.y = GemmOutput((n, k, p, q), out_format or memory_format(is_channels_last(x, w)), x, nhwc)
         self.x, self.w = ChannelsLast(x, nhwc), ChannelsLast(w, nhwc)
         self.launch = None if self.y.final.empty else self._launch(self.x.spec, self.w.spec, b, geom,
                                                                    (n, c, h, wd, k, p, q, r, s), activation)
+
+    @staticmethod
+    def copies_operands(channels_per_tap):
+        """Whether the GEMM reads channels_last copies of NCHW operands: with more than a few
+        channels per tap (FLAT_TAPS gathers few channels in any layout)."""
+        return not _flat_taps(channels_per_tap)
 
     def _launch(self, x, w, b, geom, sizes, activation):
         n, c, h, wd, k, p, q, r, s = sizes
@@ -201,15 +207,17 @@ class Dgrad:
     zero padding directly, other padding modes into a padded buffer that pad_fold folds.
     With an ``activation`` fused into the forward, a call also passes its output y."""
 
+    copies_operands = staticmethod(Forward.copies_operands)
+
     def __init__(self, dy, w, bias, x_size, x_format, geom, y=None, activation=kernels.NO_ACTIVATION):
-        nhwc = not _flat_taps(w.shape[0] // geom.groups)
+        nhwc = self.copies_operands(w.shape[0] // geom.groups)
         self.dx = GemmOutput(x_size, x_format, dy, nhwc and geom.pad_mode == kernels.PAD_ZEROS)
         self.padded = self.fold = None
         self.dy, self.w = ChannelsLast(dy, nhwc), ChannelsLast(w, nhwc)
         self.y = ChannelsLast(y if y is not None else dy, nhwc and y is not None)
         dy, w, y = self.dy.spec, self.w.spec, self.y.spec
         if geom.pad_mode == kernels.PAD_ZEROS:
-            self.launch = self._gemm(dy, y, w, bias, self.dx.gemm, geom, activation)
+            self.launch = self._launch(dy, y, w, bias, self.dx.gemm, geom, activation)
             return
         n, c, h, wd = x_size
         top, bottom, left, right = geom.padding
@@ -218,7 +226,7 @@ class Dgrad:
         self.padded = Output((n, c, h + top + bottom, wd + left + right), torch.channels_last if nhwc else x_format,
                              dy, accumulator)
         unpadded = ConvGeometry(geom.stride, (0, 0, 0, 0), geom.dilation, geom.groups)
-        self.launch = self._gemm(dy, y, w, None, self.padded, unpadded, activation)
+        self.launch = self._launch(dy, y, w, None, self.padded, unpadded, activation)
         if not self.dx.final.empty:
             # One program: BLOCK elements of dx, each summing the padded positions that map onto it.
             grid = lambda meta: (triton.cdiv(n * c * h * wd, meta["BLOCK"]),)
@@ -228,7 +236,7 @@ class Dgrad:
                                _elementwise_block(dy), PAD_MODE=geom.pad_mode)
 
     @staticmethod
-    def _gemm(dy, y, w, bias, dx, geom, activation):
+    def _launch(dy, y, w, bias, dx, geom, activation):
         if dx.empty:
             return None
         n, c, h, wd = dx.size
@@ -269,14 +277,15 @@ class Dgrad:
         return dx
 
 
-def _wgrad_splits(x, rows, weight_numel):
-    """How many slices the N*P*Q reduction is cut into: one on CPU, enough on CUDA to fill
-    the GPU. It depends only on shapes and device, so the result is deterministic."""
+def _wgrad_splits(x, rows, weight_numel, tile, min_rows):
+    """How many slices the N*P*Q reduction is cut into: one on CPU, enough on CUDA for
+    WGRAD_WAVES waves of programs that each cover ``tile`` weight elements, each slice at least
+    ``min_rows`` rows. It depends only on shapes and device, so the result is deterministic."""
     if x.device.type != "cuda" or rows == 0:
         return 1
     sms = torch.cuda.get_device_properties(x.device).multi_processor_count
-    wanted = triton.cdiv(WGRAD_WAVES * sms * WGRAD_TILE, max(weight_numel, 1))
-    by_rows = max(1, rows // WGRAD_MIN_ROWS_PER_SPLIT)
+    wanted = triton.cdiv(WGRAD_WAVES * sms * tile, max(weight_numel, 1))
+    by_rows = max(1, rows // min_rows)
     by_memory = max(1, WGRAD_MAX_PARTIAL_BYTES // (8 * max(weight_numel, 1)))
     return max(1, min(wanted, by_rows, by_memory, MAX_GRID_YZ))
 
@@ -298,26 +307,40 @@ class Wgrad:
     reduction writes them directly; several (on CUDA, to fill the GPU) write fp32 partials
     that a fixed-order second pass sums: deterministic either way."""
 
+    copies_operands = staticmethod(Forward.copies_operands)
+
     def __init__(self, x, dy, w_size, w_stride, geom, weight_grad=True, bias_grad=False, y=None,
                  activation=kernels.NO_ACTIVATION):
         n, c, h, wd = x.shape
         k, p, q = dy.shape[1:]
-        c_per_group, r, s = w_size[1:]
-        nhwc = not _flat_taps(c_per_group) and weight_grad
+        nhwc = self.copies_operands(w_size[1]) and weight_grad
         self.x, self.dy = ChannelsLast(x, nhwc), ChannelsLast(dy, nhwc)
         self.y = ChannelsLast(y if y is not None else dy, nhwc and y is not None)
         x, dy, y = self.x.spec, self.dy.spec, self.y.spec
-        groups = geom.groups
-        top, _, left, _ = geom.padding
-        rows = n * p * q
         self.dw = Output(w_size, None, x, stride=strides_like(w_size, w_stride)) if weight_grad else None
         self.db = Output((k,), torch.contiguous_format, x) if bias_grad else None
-        self.splits = _wgrad_splits(x, rows, k * c_per_group * r * s)
+        self.splits = self._splits(x, n * p * q, w_size)
         accumulator = torch.float64 if x.dtype == torch.float64 else torch.float32
         self.parts = [Output((self.splits, *out.size), torch.contiguous_format, x, accumulator)
                       if out is not None and self.splits > 1 else None for out in (self.dw, self.db)]
-        dw_strides = self._strides(self.dw, self.parts[0], 5)
-        db_strides = self._strides(self.db, self.parts[1], 2)
+        outputs = (*self._strides(self.dw, self.parts[0], 5), *self._strides(self.db, self.parts[1], 2))
+        # an empty reduction (no rows) writes zeros
+        self.launch = self._launch(x, dy, y, w_size, outputs, geom, weight_grad, bias_grad, activation)
+        self.sums = [_sum_splits(part, out, x) if part is not None else None for part, out in zip(self.parts,
+                                                                                                 (self.dw, self.db))]
+
+    @staticmethod
+    def _splits(x, rows, w_size):
+        return _wgrad_splits(x, rows, math.prod(w_size), WGRAD_TILE, WGRAD_MIN_ROWS_PER_SPLIT)
+
+    def _launch(self, x, dy, y, w_size, outputs, geom, weight_grad, bias_grad, activation):
+        """The GEMM's launch; ``outputs``: the strides of dw's and db's slices (``_strides``)."""
+        n, c, h, wd = x.shape
+        k, p, q = dy.shape[1:]
+        c_per_group, r, s = w_size[1:]
+        groups = geom.groups
+        top, _, left, _ = geom.padding
+        rows = n * p * q
         flat = _flat_taps(c_per_group)
         # One program: a BLOCK_M (output channels) x BLOCK_N (input channels of one tap (r, s), or
         # with FLAT_TAPS columns over (r, s, c)) tile for one slice of N*P*Q and one group; the bias
@@ -330,18 +353,13 @@ class Wgrad:
         block_m, block_n = block(k // groups, INTERPRETER_CHANNELS), block(columns, INTERPRETER_CHANNELS)
         blocks = dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=_rows_block(rows, block_m, block_n))
         scalars = (n, c // groups, h, wd, k // groups, p, q, r, s, groups, splits, *_strides(x), *_strides(dy),
-                   *_strides(y), *dw_strides,
-                   *db_strides,
-                   *geom.stride, top, left, *geom.dilation)
-        # an empty reduction (no rows) writes zeros
-        self.launch = Launch(
+                   *_strides(y), *outputs, *geom.stride, top, left, *geom.dilation)
+        return Launch(
             kernels.conv2d_wgrad_kernel, grid, scalars, blocks,
             (kernels.conv2d_wgrad_configs, kernels.CONV_KEY, kernels.conv2d_wgrad_prune),
             WEIGHT_GRAD=tiles_w, BIAS_GRAD=bias_grad, PAD_MODE=geom.pad_mode, FLAT_TAPS=flat,
             PRECISION=dot_precision(x), UPCAST=dot_upcast(x), P_POW2=triton.next_power_of_2(p),
             Q_POW2=triton.next_power_of_2(q), ACTIVATION=activation)
-        self.sums = [_sum_splits(part, out, x) if part is not None else None for part, out in zip(self.parts,
-                                                                                                 (self.dw, self.db))]
 
     @staticmethod
     def _strides(out, part, dims):

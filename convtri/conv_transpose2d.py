@@ -12,12 +12,17 @@ from convtri._dispatch import Plans, eager_apply, exact, is_eager, tensor_key
 from convtri._launch import allows_tf32, is_channels_last, memory_format, suggest_memory_format
 from convtri._library import triton_op
 from convtri.conv2d import ConvFunction, ConvPlan, check_conv2d, check_size, check_tensors, register_autograd
-from convtri.conv_launch import ConvGeometry, Dgrad, Forward, Wgrad
+from convtri import depthwise_launch as launches
+from convtri.conv_launch import ConvGeometry
 
 OP = "conv_transpose2d"
-# The bias gradient is the sum of grad_output per channel: conv2d_wgrad's bias reduction over
-# a 1x1 convolution of grad_output.
-CHANNEL_SUM = ConvGeometry((1, 1), (0, 0, 0, 0), (1, 1), 1)
+
+
+def channel_sum(channels):
+    """The bias gradient is the sum of grad_output per channel: a weight-gradient kernel's bias
+    reduction over a depthwise 1x1 convolution of grad_output (the direct kernel's, but for
+    one channel)."""
+    return ConvGeometry((1, 1), (0, 0, 0, 0), (1, 1), channels)
 
 
 def transposed_geometry(input_size, weight, bias, stride, padding, output_padding, groups, dilation):
@@ -65,10 +70,11 @@ def backward_launches(dy, x, w, geom, needs):
     to the input's size where output_padding added rows), the weight's conv2d's weight
     gradient with grad_output in the role of its input, the bias's the sum of grad_output
     per channel (conv2d_wgrad's bias reduction over a 1x1 convolution of grad_output)."""
-    dx = Forward(dy, w, None, geom, x.shape[2:], suggest_memory_format(x)) if needs[0] else None
-    dw = Wgrad(dy, x, w.shape, w.stride(), geom) if needs[1] else None
+    dx = launches.forward(dy, w, None, geom, x.shape[2:], suggest_memory_format(x)) if needs[0] else None
+    dw = launches.wgrad(dy, x, w.shape, w.stride(), geom) if needs[1] else None
     channels = dy.shape[1]
-    db = Wgrad(dy, dy, (channels, channels, 1, 1), (channels, 1, 1, 1), CHANNEL_SUM, False, True) if needs[2] else None
+    db = (launches.wgrad(dy, dy, (channels, 1, 1, 1), (1, 1, 1, 1), channel_sum(channels), False, True)
+          if needs[2] else None)
     return dx, dw, db
 
 
@@ -87,8 +93,8 @@ class ConvTranspose2dPlan(ConvPlan):
         self.arguments = [list(stride), list(padding), list(output_padding), groups, list(dilation)]  # the op's
         self.geom, output_size = transposed_geometry(input.shape, weight, bias, stride, padding, output_padding,
                                                      groups, dilation)
-        self.forward = Dgrad(input, weight, bias, output_size, memory_format(is_channels_last(input, weight)),
-                             self.geom)
+        self.forward = launches.dgrad(input, weight, bias, output_size,
+                                      memory_format(is_channels_last(input, weight)), self.geom)
         self.backwards = {}
 
     def backward_launches(self, dy, x, w, needs, y=None):

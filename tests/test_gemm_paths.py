@@ -44,7 +44,7 @@ def test_small_tiles_float64(x_shape, w_shape, kwargs, layout, small_tiles):
 
 def test_split_reduction_with_small_tiles(monkeypatch, small_tiles):
     # the weight gradient's (image, p block, q block) steps cut into 3 slices, as on a GPU
-    monkeypatch.setattr(convtri.conv_launch, "_wgrad_splits", lambda x, rows, weight_numel: 3)
+    monkeypatch.setattr(convtri.conv_launch, "_wgrad_splits", lambda x, *sizes: 3)
     x = torch.randn(3, 20, 9, 11, dtype=torch.float64)
     w = torch.randn(18, 20, 3, 3, dtype=torch.float64)
     check_parity(x, w, torch.randn(18, dtype=torch.float64), padding=1, stride=(1, 2))

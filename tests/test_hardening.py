@@ -151,7 +151,7 @@ def test_bitwise_repeatable(name, deterministic, device):
 def test_wgrad_split_reduction(monkeypatch, deterministic, fresh_plans):
     """On CPU the N*P*Q reduction of the weight gradient is one slice; force several, as on a
     GPU: correct, and bitwise repeatable through the fixed-order second stage."""
-    monkeypatch.setattr(convtri.conv_launch, "_wgrad_splits", lambda x, rows, weight_numel: 5)
+    monkeypatch.setattr(convtri.conv_launch, "_wgrad_splits", lambda x, *sizes: 5)
     _, ours, theirs, tensors, kwargs = op_case("conv2d")
     first, dy = forward_backward(ours, tensors, kwargs)
     second, _ = forward_backward(ours, tensors, kwargs, dy)

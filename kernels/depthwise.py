@@ -1,0 +1,318 @@
+"""Direct kernels for convolutions whose groups hold one channel on a side: depthwise (one input
+channel per group, ``C_G == 1``, any channel multiplier ``K_G``) and its transpose (one output
+channel per group, ``K_G == 1``). No tensor cores: fp32 FMAs (fp64 for fp64), each element of
+the tensor a program reads loaded once from DRAM, its halo from cache.
+
+A depthwise layer does about 2*R*S FLOP per byte it moves, where an implicit GEMM would pad its
+N dimension (the multiplier, usually 1) and its reduction (R*S) to tensor-core steps of 16: the
+first H100 sweep measured the GEMM path at 0.02-0.10x cuDNN there
+(perf/results/nvidia-h100-80gb-hbm3/depthwise.csv). These kernels belong at memory bandwidth.
+
+Group g holds input channels g*C_G .. g*C_G + C_G - 1 and output channels g*K_G .. g*K_G + K_G - 1:
+output channel k reads input channels (k // K_G) * C_G + j for j < C_G with weights w[k, j, r, s].
+The window (R, S, stride, padding, dilation) and C_G, K_G are compile-time constants, so taps
+unroll and the divisions by stride and group sizes fold. Tiles follow the pooling kernels'
+(kernels/pool2d.py: ``tile_coords``, ``offsets``): pixels x channels in channels_last, so loads
+and stores are 16-byte vectors along C; rows x columns of channel planes in NCHW, vectors along W.
+Padding modes map coordinates through ``padded_index`` as the GEMM kernels do.
+"""
+import triton
+import triton.language as tl
+
+from convtri.kernels.conv2d import activate, padded_index, through_activation
+from convtri.kernels.pool2d import covering_window, offsets, plane_tile, tile_coords
+
+
+@triton.jit
+def tap_pixel(o, tap, size, CONV_STRIDE: tl.constexpr, PAD: tl.constexpr, DIL: tl.constexpr,
+              PAD_MODE: tl.constexpr):
+    """The input coordinate that output coordinate ``o`` reads at kernel tap ``tap`` along one
+    axis, mapped into the input by the padding mode, and whether it holds data."""
+    return padded_index(o * CONV_STRIDE - PAD + tap * DIL, size, PAD_MODE)
+
+
+@triton.jit
+def input_channel(k, j, C_G: tl.constexpr, K_G: tl.constexpr):
+    """Input channel j of output channel k's group, written so that depthwise layers (C_G = K_G
+    = 1) keep k itself, whose contiguity Triton sees."""
+    if C_G == 1 and K_G == 1:
+        return k
+    elif C_G == 1:
+        return k // K_G
+    else:
+        return (k // K_G) * C_G + j
+
+
+@triton.jit
+def output_channel(c, i, C_G: tl.constexpr, K_G: tl.constexpr):
+    """Output channel i of input channel c's group (see ``input_channel``)."""
+    if C_G == 1 and K_G == 1:
+        return c
+    elif K_G == 1:
+        return c // C_G
+    else:
+        return (c // C_G) * K_G + i
+
+
+@triton.jit
+def tap_rows_ok(e, r, R: tl.constexpr):
+    """Whether kernel row r exists (r < R), as a tensor shaped like e: Triton's interpreter
+    (3.6 to 3.9) cannot mask a load with a tensor and'ed with a scalar comparison."""
+    return r + tl.zeros_like(e) < R
+
+
+@triton.jit
+def depthwise_fwd_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr, z_ptr,
+    # sizes
+    N, C, H, W, K, P, Q,
+    # strides (z, the pre-activation, has y's)
+    stride_xn, stride_xc, stride_xh, stride_xw,
+    stride_wk, stride_wc, stride_wr, stride_ws,
+    stride_yn, stride_yk, stride_yp, stride_yq,
+    stride_b,
+    # window: kernel, stride, padding (top, left), dilation; channels per group: input, output
+    R: tl.constexpr, S: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
+    DH: tl.constexpr, DW: tl.constexpr, C_G: tl.constexpr, K_G: tl.constexpr,
+    # flags
+    HAS_BIAS: tl.constexpr, PAD_MODE: tl.constexpr, ACTIVATION: tl.constexpr, SAVE_PREACTIVATION: tl.constexpr,
+    CHANNELS_LAST: tl.constexpr, ALIGN_X: tl.constexpr, ALIGN_Y: tl.constexpr,
+    BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr,
+):
+    """y[n, k, p, q] = act(b[k] + sum_{j, r, s} x[n, (k // K_G)*C_G + j, h(p, r), w(q, s)] * w[k, j, r, s]).
+
+    One program computes a [BLOCK_A, BLOCK_B] tile of y: output pixels x channels
+    (CHANNELS_LAST) or output rows (n, k, p) x columns. With SAVE_PREACTIVATION it also writes
+    z, the sum before the activation, which the backward of an activation whose derivative the
+    output does not give (SiLU, GELU) reads. Grid: (cdiv(N*P*Q, BLOCK_A), cdiv(K, BLOCK_B)) or
+    (cdiv(N*K*P, BLOCK_A), cdiv(Q, BLOCK_B)). ALIGN_X, ALIGN_Y: as the pooling kernels'.
+    x: (N, C, H, W), w: (K, C_G, R, S), b: (K,), y, z: (N, K, P, Q).
+    """
+    n, k, p, q, a_ok, b_ok = tile_coords(N, K, P, Q, CHANNELS_LAST, ALIGN_Y, BLOCK_A, BLOCK_B)
+    tile_ok = a_ok & b_ok
+    ACC_TYPE: tl.constexpr = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
+    acc = tl.zeros((BLOCK_A, BLOCK_B), dtype=ACC_TYPE)
+    k_ok = b_ok if CHANNELS_LAST else a_ok  # the tile's output channels that exist
+    w_k = w_ptr + k.to(tl.int64) * stride_wk
+    for j in tl.static_range(C_G):
+        c = input_channel(k, j, C_G, K_G)
+        for r in tl.static_range(R):
+            h, h_ok = tap_pixel(p, r, H, SH, PH, DH, PAD_MODE)
+            for s in tl.static_range(S):
+                w, w_ok = tap_pixel(q, s, W, SW, PW, DW, PAD_MODE)
+                x_ptrs = x_ptr + offsets(n, c, h, w, stride_xn, stride_xc, stride_xh, stride_xw, ALIGN_X,
+                                         CHANNELS_LAST)
+                v = tl.load(x_ptrs, mask=tile_ok & h_ok & w_ok, other=0.)
+                tap = tl.load(w_k + (j * stride_wc + r * stride_wr + s * stride_ws), mask=k_ok, other=0.)
+                acc += v.to(ACC_TYPE) * tap.to(ACC_TYPE)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + k * stride_b, mask=k_ok, other=0.).to(ACC_TYPE)
+    y_offsets = offsets(n, k, p, q, stride_yn, stride_yk, stride_yp, stride_yq, ALIGN_Y, CHANNELS_LAST)
+    if SAVE_PREACTIVATION:
+        tl.store(z_ptr + y_offsets, acc.to(z_ptr.dtype.element_ty), mask=tile_ok)
+    tl.store(y_ptr + y_offsets, activate(acc, ACTIVATION).to(y_ptr.dtype.element_ty), mask=tile_ok)
+
+
+@triton.jit
+def depthwise_dgrad_kernel(
+    dy_ptr, saved_ptr, w_ptr, b_ptr, dx_ptr,
+    # sizes
+    N, C, H, W, K, P, Q,
+    # strides (saved: the activation's input or output)
+    stride_dyn, stride_dyk, stride_dyp, stride_dyq,
+    stride_sn, stride_sk, stride_sp, stride_sq,
+    stride_wk, stride_wc, stride_wr, stride_ws,
+    stride_dxn, stride_dxc, stride_dxh, stride_dxw,
+    stride_b,
+    # window: kernel, stride, padding (top, left), dilation; windows visited per axis; channels per group
+    R: tl.constexpr, S: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
+    DH: tl.constexpr, DW: tl.constexpr, COVER_H: tl.constexpr, COVER_W: tl.constexpr, C_G: tl.constexpr,
+    K_G: tl.constexpr,
+    # flags
+    HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, CHANNELS_LAST: tl.constexpr, ALIGN_DY: tl.constexpr,
+    ALIGN_DX: tl.constexpr,
+    BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr,
+):
+    """dx[n, c, h, w] = b[c] + sum_{i, r, s} dy[n, k, p, q] * w[k, c % C_G, r, s] over the output
+    pixels (p, q) whose tap (r, s) lands on (h, w), k = (c // C_G)*K_G + i for i < K_G.
+
+    Zero padding only (other modes fold a padded buffer afterwards, as the GEMM dgrad's).
+    Gather form over pooling's ``covering_window``: per axis the COVER windows that can cover
+    a pixel, one per tap (r = j), or where windows do not overlap (COVER == 1) the one window
+    a pixel lies in. With an ACTIVATION fused into the forward, dy is taken through its
+    derivative as it is loaded, from ``saved``. The bias (HAS_BIAS) serves conv_transpose2d,
+    whose forward is this kernel. One program computes a [BLOCK_A, BLOCK_B] tile of dx: input
+    pixels x channels (CHANNELS_LAST) or input rows (n, c, h) x columns. Grid:
+    (cdiv(N*H*W, BLOCK_A), cdiv(C, BLOCK_B)) or (cdiv(N*C*H, BLOCK_A), cdiv(W, BLOCK_B)).
+    ALIGN_DY: dy's and saved's. dy, saved: (N, K, P, Q), w: (K, C_G, R, S), b: (C,), dx: (N, C, H, W).
+    """
+    n, c, h, w, a_ok, b_ok = tile_coords(N, C, H, W, CHANNELS_LAST, ALIGN_DX, BLOCK_A, BLOCK_B)
+    tile_ok = a_ok & b_ok
+    ACC_TYPE: tl.constexpr = tl.float64 if dy_ptr.dtype.element_ty == tl.float64 else tl.float32
+    acc = tl.zeros((BLOCK_A, BLOCK_B), dtype=ACC_TYPE)
+    c_ok = b_ok if CHANNELS_LAST else a_ok  # the tile's input channels that exist
+    w_c = w_ptr + (c % C_G).to(tl.int64) * stride_wc
+    for i in tl.static_range(K_G):
+        k = output_channel(c, i, C_G, K_G)
+        for jh in tl.static_range(COVER_H):
+            p, r, p_ok = covering_window(h, jh, H, P, R, SH, PH, DH, COVER_H, False)
+            for jw in tl.static_range(COVER_W):
+                q, s, q_ok = covering_window(w, jw, W, Q, S, SW, PW, DW, COVER_W, False)
+                ok = tile_ok & p_ok & q_ok
+                dy_offsets = offsets(n, k, p, q, stride_dyn, stride_dyk, stride_dyp, stride_dyq, ALIGN_DY,
+                                     CHANNELS_LAST)
+                g = tl.load(dy_ptr + dy_offsets, mask=ok, other=0.)
+                if ACTIVATION != 0:
+                    saved_offsets = offsets(n, k, p, q, stride_sn, stride_sk, stride_sp, stride_sq, ALIGN_DY,
+                                            CHANNELS_LAST)
+                    g = through_activation(g, tl.load(saved_ptr + saved_offsets, mask=ok, other=0.), ACTIVATION)
+                w_ok = c_ok  # a tap per pixel where windows do not overlap, else one per channel
+                if COVER_H == 1:
+                    w_ok = w_ok & p_ok
+                if COVER_W == 1:
+                    w_ok = w_ok & q_ok
+                tap = tl.load(w_c + k.to(tl.int64) * stride_wk + r * stride_wr + s * stride_ws, mask=w_ok, other=0.)
+                acc += g.to(ACC_TYPE) * tap.to(ACC_TYPE)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + c * stride_b, mask=c_ok, other=0.).to(ACC_TYPE)
+    dx_offsets = offsets(n, c, h, w, stride_dxn, stride_dxc, stride_dxh, stride_dxw, ALIGN_DX, CHANNELS_LAST)
+    tl.store(dx_ptr + dx_offsets, acc.to(dx_ptr.dtype.element_ty), mask=tile_ok)
+
+
+@triton.jit
+def depthwise_wgrad_kernel(
+    x_ptr, dy_ptr, saved_ptr, dw_ptr, db_ptr,
+    # sizes
+    N, C, H, W, K, P, Q, SPLIT,
+    # strides (saved: the activation's input or output; dw and db: per slice of the reduction first)
+    stride_xn, stride_xc, stride_xh, stride_xw,
+    stride_dyn, stride_dyk, stride_dyp, stride_dyq,
+    stride_sn, stride_sk, stride_sp, stride_sq,
+    stride_dw_split, stride_dwk, stride_dwc, stride_dwr, stride_dws,
+    stride_db_split, stride_db,
+    # window: kernel, stride, padding (top, left), dilation; channels per group; kernel rows per program
+    R: tl.constexpr, S: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
+    DH: tl.constexpr, DW: tl.constexpr, C_G: tl.constexpr, K_G: tl.constexpr, TAP_ROWS: tl.constexpr,
+    # flags
+    WEIGHT_GRAD: tl.constexpr, BIAS_GRAD: tl.constexpr, PAD_MODE: tl.constexpr, ACTIVATION: tl.constexpr,
+    FLAT_PLANES: tl.constexpr, CHANNELS_LAST: tl.constexpr, ALIGN_X: tl.constexpr, ALIGN_DY: tl.constexpr,
+    BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr,
+):
+    """Weight and/or bias gradients over one of SPLIT slices of the N*P*Q reduction.
+
+    dw[split, k, j, r, s] = sum_{(n, p, q) in slice} dy[n, k, p, q] * x[n, (k // K_G)*C_G + j, h(p, r), w(q, s)]
+    db[split, k] = sum_{(n, p, q) in slice} dy[n, k, p, q]  (BIAS_GRAD only)
+    The channel axis runs over the rows (k, j) of dw, e = k*C_G + j. A program owns BLOCK_B of
+    them and TAP_ROWS kernel rows, and walks its slice in [BLOCK_A pixels of one image, BLOCK_B]
+    tiles along contiguous memory (pooling's ``plane_tile``: channels in CHANNELS_LAST, pixels
+    otherwise), each dy tile read once for all its TAP_ROWS x S taps, which accumulate apart
+    (a tuple of tiles) and are summed over the pixels at the end. With an ACTIVATION fused
+    into the forward, dy is taken through its derivative from ``saved`` as it is loaded.
+    Grid: (cdiv(K*C_G, BLOCK_B) * cdiv(R, TAP_ROWS), SPLIT); the slices split the steps over
+    (image, block of BLOCK_A pixels). With SPLIT = 1 dw and db are the gradients themselves
+    (split stride 0, any layout and dtype); else fp32 partials (fp64 for fp64), which
+    ``conv2d_sum_splits_kernel`` finishes. FLAT_PLANES, ALIGN_DY: dy's and saved's, as
+    ``plane_tile`` takes them. x: (N, C, H, W), dy, saved: (N, K, P, Q),
+    dw: (SPLIT, K, C_G, R, S), db: (SPLIT, K).
+    """
+    e_blocks = tl.cdiv(K * C_G, BLOCK_B)
+    e = (tl.program_id(0) % e_blocks) * BLOCK_B + tl.arange(0, BLOCK_B)
+    r0 = (tl.program_id(0) // e_blocks) * TAP_ROWS
+    split = tl.program_id(1)
+    k = output_channel(e, 0, C_G, 1)  # e // C_G
+    c = input_channel(k, e % C_G, C_G, K_G)
+    e_ok = e < K * C_G
+    pixel_blocks = tl.cdiv(P * Q, BLOCK_A)
+    steps = N * pixel_blocks
+    chunk = tl.cdiv(steps, SPLIT)
+    ACC_TYPE: tl.constexpr = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
+    accs = (tl.zeros((BLOCK_A, BLOCK_B), dtype=ACC_TYPE),) * (TAP_ROWS * S)
+    db_acc = tl.zeros((BLOCK_A, BLOCK_B), dtype=ACC_TYPE)
+    for step in range(split * chunk, tl.minimum(split * chunk + chunk, steps)):
+        n = step // pixel_blocks
+        pix = (step % pixel_blocks) * BLOCK_A + tl.arange(0, BLOCK_A)
+        dy_offsets, ok = plane_tile(n.to(tl.int64), pix, k, K, P, Q, stride_dyn, stride_dyk, stride_dyp, stride_dyq,
+                                    FLAT_PLANES, CHANNELS_LAST, ALIGN_DY)
+        ok = ok & e_ok[None, :]
+        g = tl.load(dy_ptr + dy_offsets, mask=ok, other=0.)
+        if ACTIVATION != 0:
+            saved_offsets, _ = plane_tile(n.to(tl.int64), pix, k, K, P, Q, stride_sn, stride_sk, stride_sp, stride_sq,
+                                          FLAT_PLANES, CHANNELS_LAST, ALIGN_DY)
+            g = through_activation(g, tl.load(saved_ptr + saved_offsets, mask=ok, other=0.), ACTIVATION)
+        g = g.to(ACC_TYPE)
+        if BIAS_GRAD:
+            db_acc += g
+        if WEIGHT_GRAD:
+            p = (pix // Q)[:, None]
+            q = (pix % Q)[:, None]
+            updated = ()
+            for i in tl.static_range(TAP_ROWS):
+                h, h_ok = tap_pixel(p, r0 + i, H, SH, PH, DH, PAD_MODE)
+                for s in tl.static_range(S):
+                    w, w_ok = tap_pixel(q, s, W, SW, PW, DW, PAD_MODE)
+                    x_ptrs = x_ptr + offsets(n, c[None, :], h, w, stride_xn, stride_xc, stride_xh, stride_xw, ALIGN_X,
+                                             CHANNELS_LAST)
+                    v = tl.load(x_ptrs, mask=ok & h_ok & w_ok & tap_rows_ok(e, r0 + i, R)[None, :], other=0.)
+                    updated = updated + (accs[i * S + s] + v.to(ACC_TYPE) * g,)
+            accs = updated
+    if WEIGHT_GRAD:
+        dw_e = (dw_ptr + split.to(tl.int64) * stride_dw_split + k.to(tl.int64) * stride_dwk
+                + (e % C_G).to(tl.int64) * stride_dwc)
+        for i in tl.static_range(TAP_ROWS):
+            for s in tl.static_range(S):
+                total = tl.sum(accs[i * S + s], axis=0)
+                tl.store(dw_e + (r0 + i) * stride_dwr + s * stride_dws, total.to(dw_ptr.dtype.element_ty),
+                         mask=e_ok & tap_rows_ok(e, r0 + i, R))
+    if BIAS_GRAD:  # the programs of the first kernel rows, for the first input channel of each k
+        db_ptrs = db_ptr + split.to(tl.int64) * stride_db_split + k * stride_db
+        first = (e % C_G == 0) & tap_rows_ok(e, r0, 1)  # r0 == 0
+        tl.store(db_ptrs, tl.sum(db_acc, axis=0).to(db_ptr.dtype.element_ty), mask=e_ok & first)
+
+
+# ---------------------------------------------------------------------------------------
+# Tiles on CUDA, autotuned. Keys hold what changes the best tile: the sizes and the window.
+# ---------------------------------------------------------------------------------------
+# (BLOCK_A, BLOCK_B, num_warps): a tile is BLOCK_A x BLOCK_B outputs along contiguous memory on
+# axis 1 (channels, or columns in NCHW), 2 to 8 16-byte fp16 vectors per thread: few enough
+# registers for a 7x7 window's loads in flight, enough work per program to hide the taps' index
+# arithmetic. Not yet measured on a GPU: the autotuner picks per layer.
+SHAPES = [(64, 64, 4), (128, 32, 4), (32, 128, 4), (128, 64, 8), (16, 64, 4), (64, 16, 4), (256, 16, 8)]
+# The weight gradient keeps a tile per tap (TAP_ROWS x S of them): smaller tiles
+WGRAD_SHAPES = [(64, 64, 4), (128, 32, 4), (32, 64, 4), (256, 8, 4), (128, 16, 4)]
+WGRAD_MAX_TAPS = 16  # taps accumulated per program: 16 tiles of 8 fp32 per thread at 64 x 64 / 4 warps
+KEY = ("N", "C", "H", "W", "K", "P", "Q", "R", "S", "SH", "SW", "C_G", "K_G", "CHANNELS_LAST")
+
+
+def _configs(shapes):
+    return [triton.Config({"BLOCK_A": a, "BLOCK_B": b}, num_warps=warps) for a, b, warps in shapes]
+
+
+def depthwise_configs(capability):
+    return _configs(SHAPES)
+
+
+def depthwise_wgrad_configs(capability):
+    return _configs(WGRAD_SHAPES)
+
+
+def _prune_to(axis_a, axis_b):
+    """Keep the tiles whose axes are no more than twice the extents they tile (at least 16 and 8
+    wide), and at least the smallest tile. The extents are functions of the kernel's arguments."""
+    def prune(configs, named_args, **kwargs):
+        args = {**named_args, **kwargs}
+        a, b = axis_a(args), axis_b(args)
+        kept = [cfg for cfg in configs if cfg.kwargs["BLOCK_A"] <= max(16, 2 * triton.next_power_of_2(a))
+                and cfg.kwargs["BLOCK_B"] <= max(8, 2 * triton.next_power_of_2(b))]
+        return kept or [min(configs, key=lambda cfg: cfg.kwargs["BLOCK_A"] * cfg.kwargs["BLOCK_B"])]
+    return lambda capability: prune
+
+
+def _fwd_axes(out_c, out_h, out_w):
+    """A forward-style tile's extents (axis 0, axis 1) over an (N, out_c, out_h, out_w) output."""
+    return (lambda a: a["N"] * a[out_h] * a[out_w] if a["CHANNELS_LAST"] else a["N"] * a[out_c] * a[out_h],
+            lambda a: a[out_c] if a["CHANNELS_LAST"] else a[out_w])
+
+
+depthwise_fwd_prune = _prune_to(*_fwd_axes("K", "P", "Q"))
+depthwise_dgrad_prune = _prune_to(*_fwd_axes("C", "H", "W"))
+depthwise_wgrad_prune = _prune_to(lambda a: a["P"] * a["Q"], lambda a: a["K"] * a["C_G"])
