@@ -8,9 +8,10 @@ def check_tensor(t, name):
 
 
 def check_float_dtype(t, name, dtypes):
+    """A RuntimeError, as torch raises for a convolution or pooling it does not implement for a dtype."""
     if t.dtype not in dtypes:
         names = ", ".join(str(d).removeprefix("torch.") for d in dtypes)
-        raise TypeError(f"{name} must have a floating-point dtype ({names}), got {t.dtype}")
+        raise RuntimeError(f"{name} must have a floating-point dtype ({names}), got {t.dtype}")
 
 
 def check_same_dtype_and_device(tensors: dict):
@@ -21,6 +22,14 @@ def check_same_dtype_and_device(tensors: dict):
             raise RuntimeError(f"{name} has dtype {t.dtype} but {first} has dtype {ref.dtype}; they must match")
         if t.device != ref.device:
             raise RuntimeError(f"{name} is on {t.device} but {first} is on {ref.device}; they must match")
+
+
+def single(value, name):
+    """An int or a sequence of one int (torch's _single for conv1d), as a 1-tuple."""
+    if isinstance(value, (tuple, list, torch.Size)) and len(value) != 1 and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise RuntimeError(f"{name} must be a single int or a list of 1 int, got {name}={list(value)}")
+    return pair(value, name)[:1]
 
 
 def pair(value, name):

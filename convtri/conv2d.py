@@ -14,6 +14,7 @@ from convtri._library import triton_op
 from convtri import depthwise_launch as launches
 from convtri.conv_launch import MAX_GRID_YZ, PAD_MODES, ConvGeometry
 from convtri.kernels import conv2d as kernels
+from convtri.kernels import activations
 
 
 # ----------------------------------------------------------------------------- arguments
@@ -48,15 +49,15 @@ def _parse_padding(padding, stride, dilation, kernel_size):
     return (ph, ph, pw, pw)
 
 
-ACTIVATIONS = {None: kernels.NO_ACTIVATION, "relu": kernels.RELU, "sigmoid": kernels.SIGMOID}
-OP_ACTIVATIONS = {"none": kernels.NO_ACTIVATION, "relu": kernels.RELU, "sigmoid": kernels.SIGMOID}  # the ops' names
+OP_ACTIVATIONS = activations.NAMES  # the ops' names: "none", "relu", ...
+ACTIVATIONS = {None: activations.NO_ACTIVATION, **{name: code for name, code in OP_ACTIVATIONS.items() if name != "none"}}
 OP_ACTIVATION_NAMES = {code: name for name, code in OP_ACTIVATIONS.items()}
 
 
 def activation_code(activation, names=ACTIVATIONS):
-    """The kernels' code of an activation fused into conv2d: None, "relu" or "sigmoid"."""
+    """The kernels' code of an activation fused into conv2d: None or one of ACTIVATIONS' names."""
     if activation is not None and not isinstance(activation, str):
-        raise TypeError(f"conv2d: activation must be None, 'relu' or 'sigmoid', got {activation!r} "
+        raise TypeError(f"conv2d: activation must be None or a string, one of {list(names)}, got {activation!r} "
                         f"({type(activation).__name__})")
     if activation not in names:
         raise ValueError(f"conv2d: activation must be one of {list(names)}, got {activation!r}")
@@ -146,7 +147,11 @@ class ConvPlan:
     built on first use. ``apply`` is its autograd Function's eager apply."""
     apply = None
 
-    activation = kernels.NO_ACTIVATION  # a fused activation, whose output the backward needs
+    activation = activations.NO_ACTIVATION  # a fused activation, whose output or input the backward needs
+
+    def forward_saving(self, input, weight, bias):
+        """(the output, what the backward of a fused activation reads; None without one)."""
+        return self.forward(input, weight, bias), None
 
     def __call__(self, input, weight, bias):
         """The eager call: through the autograd Function when autograd records it."""
@@ -156,7 +161,7 @@ class ConvPlan:
 
     def backward(self, dy, x, w, needs, y=None):
         """(dx, dw, db) for ``needs`` = which of them are asked for (None for the others);
-        ``y``: the forward's output, with a fused activation."""
+        ``y``: with a fused activation, what ``forward_saving`` saved for it."""
         key = (dy.stride(), needs)  # dy has y's dtype (autograd casts it)
         try:
             launches = self.backwards[key]
@@ -167,11 +172,14 @@ class ConvPlan:
 
 class Conv2dPlan(ConvPlan):
 
-    def __init__(self, input, weight, bias, geom, activation=kernels.NO_ACTIVATION):
+    def __init__(self, input, weight, bias, geom, activation=activations.NO_ACTIVATION):
         check_conv2d(input.shape, weight.shape, bias, geom)
         self.geom, self.activation = geom, activation
         self.forward = launches.forward(input, weight, bias, geom, activation=activation)
         self.backwards = {}
+
+    def forward_saving(self, input, weight, bias):
+        return self.forward.saving(input, weight, bias)
 
     def backward_launches(self, dy, x, w, needs, y):
         geom, act = self.geom, self.activation
@@ -231,19 +239,22 @@ _PLANS, _OP_PLANS, _DGRAD_PLANS, _WGRAD_PLANS = Plans(), Plans(), Plans(), Plans
 @triton_op("conv2d", low_precision_autocast=True)
 def _conv2d_op(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride: list[int],
                padding: list[int], dilation: list[int], groups: int, padding_mode: str,
-               activation: str = "none") -> torch.Tensor:
-    """conv2d on 4-D input; ``padding`` is (top, bottom, left, right); ``activation`` "none",
-    "relu" or "sigmoid", fused."""
+               activation: str = "none") -> tuple[torch.Tensor, torch.Tensor]:
+    """conv2d on 4-D input; ``padding`` is (top, bottom, left, right); ``activation`` one of
+    OP_ACTIVATIONS, fused. Returns the output and, for an activation whose backward reads its
+    input (SiLU, GELU), that pre-activation, else an empty tensor."""
     plan = _op_plan(input, weight, bias, stride, padding, dilation, groups, padding_mode, activation)
-    return plan.forward(input, weight, bias)
+    y, saved = plan.forward_saving(input, weight, bias)
+    return y, saved if plan.activation in activations.SAVES_PREACTIVATION else y.new_empty(0)
 
 
 def _activation_output(output, activation, op):
-    """The gradient ops' check that a fused activation comes with the forward's output."""
+    """The gradient ops' check that a fused activation comes with what its derivative reads."""
     code = activation_code(activation, OP_ACTIVATIONS)
-    if (code != kernels.NO_ACTIVATION) != (output is not None):
-        raise RuntimeError(f"{op}: expected the forward's output exactly with an activation, got activation="
-                           f"{activation!r} and {'an' if output is not None else 'no'} output")
+    if (code != activations.NO_ACTIVATION) != (output is not None):
+        raise RuntimeError(f"{op}: expected the forward's output (for silu and gelu its pre-activation) exactly "
+                           f"with an activation, got activation={activation!r} and "
+                           f"{'an' if output is not None else 'no'} output")
     return code
 
 
@@ -253,7 +264,8 @@ def _conv2d_dgrad_op(grad_output: torch.Tensor, weight: torch.Tensor, input_size
                      groups: int, padding_mode: str, output: Optional[torch.Tensor] = None,
                      activation: str = "none") -> torch.Tensor:
     """The input gradient of conv2d, in channels_last if ``input_channels_last``; with an
-    ``activation``, ``grad_output`` is the gradient of its ``output``."""
+    ``activation``, ``grad_output`` is the gradient of its output, and ``output`` that output
+    (for SiLU and GELU their pre-activation, the forward op's second output)."""
     key = (tensor_key(grad_output), tensor_key(weight), tuple(input_size), input_channels_last, tuple(stride),
            tuple(padding), tuple(dilation), groups, padding_mode, tensor_key(output), activation, allows_tf32())
     dgrad = _DGRAD_PLANS.get_or_build(key, _build_dgrad, grad_output, weight, input_size, input_channels_last,
@@ -280,7 +292,7 @@ def _conv2d_wgrad_op(input: torch.Tensor, grad_output: torch.Tensor, weight: tor
                      bias_grad: bool, output: Optional[torch.Tensor] = None,
                      activation: str = "none") -> list[torch.Tensor]:
     """[weight gradient (laid out as ``weight``), bias gradient], each only if asked for; with
-    an ``activation``, ``grad_output`` is the gradient of its ``output``."""
+    an ``activation``, ``grad_output`` and ``output`` as conv2d_dgrad's."""
     key = (tensor_key(input), tensor_key(grad_output), tensor_key(weight), tuple(stride), tuple(padding),
            tuple(dilation), groups, padding_mode, weight_grad, bias_grad, tensor_key(output), activation, allows_tf32())
     wgrad = _WGRAD_PLANS.get_or_build(key, _build_wgrad, input, grad_output, weight, stride, padding, dilation,
@@ -311,26 +323,26 @@ class ConvFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, input, weight, bias, plan):
-        y = plan.forward(input, weight, bias)
-        save(ctx, plan, input, weight, y)
+        y, saved = plan.forward_saving(input, weight, bias)
+        save(ctx, plan, input, weight, saved)
         return y
 
     @staticmethod
     def backward(ctx, dy):
         if plain_backward(dy):
-            x, w, *y = ctx.saved_tensors  # y: the output, saved with a fused activation
+            x, w, *y = ctx.saved_tensors  # y: with a fused activation, what its derivative reads
             return *ctx.plan.backward(dy, x, w, ctx.needs_input_grad[:3], *y), None
         return *_other_backward(ctx, dy), None
 
 
-def save(ctx, plan, input, weight, output):
+def save(ctx, plan, input, weight, saved):
     """What a convolution's backward needs: its plan, input and weight, and with a fused
-    activation its output."""
+    activation what its derivative reads (``ConvPlan.forward_saving``)."""
     ctx.plan = plan
-    if plan.activation == kernels.NO_ACTIVATION:
+    if saved is None:
         ctx.save_for_backward(input, weight)
     else:
-        ctx.save_for_backward(input, weight, output)
+        ctx.save_for_backward(input, weight, saved)
 
 
 @other_backward
@@ -345,15 +357,24 @@ def _other_backward(ctx, dy):
     return ctx.plan.backward_ops(dy, x, w, needs, *y)
 
 
-def register_autograd(op, function, op_plan):
+def register_autograd(op, function, op_plan, saved_of=lambda plan, output: None):
     """``function``'s backward as the autograd formula of ``op`` (input, weight, bias, then its
-    other arguments), whose ``op_plan`` gives the plan of the op's arguments."""
+    other arguments), whose ``op_plan`` gives the plan of the op's arguments and ``saved_of``
+    what its backward reads of its output, beyond input and weight."""
     def setup_context(ctx, inputs, output):
         input, weight, bias, *arguments = inputs
-        save(ctx, op_plan(input, weight, bias, *arguments), input, weight, output)
+        plan = op_plan(input, weight, bias, *arguments)
+        save(ctx, plan, input, weight, saved_of(plan, output))
     op.register_autograd(
-        lambda ctx, dy: (*function.backward(ctx, dy)[:3], *[None] * (len(ctx.needs_input_grad) - 3)),
+        lambda ctx, dy, *_: (*function.backward(ctx, dy)[:3], *[None] * (len(ctx.needs_input_grad) - 3)),
         setup_context=setup_context)
+
+
+def _saved_of_conv2d(plan, output):
+    """What conv2d's op output holds for its backward: (y, z for SiLU and GELU, else empty)."""
+    if plan.activation == activations.NO_ACTIVATION:
+        return None
+    return output[1] if plan.activation in activations.SAVES_PREACTIVATION else output[0]
 
 
 class Conv2dFunction(ConvFunction):
@@ -361,7 +382,7 @@ class Conv2dFunction(ConvFunction):
 
 
 Conv2dPlan.apply = eager_apply(Conv2dFunction)
-register_autograd(_conv2d_op, Conv2dFunction, _op_plan)
+register_autograd(_conv2d_op, Conv2dFunction, _op_plan, _saved_of_conv2d)
 
 
 # ----------------------------------------------------------------------------- public ops
@@ -372,9 +393,15 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
 
     ``padding_mode`` (keyword only) adds nn.Conv2d's reflect, replicate and circular
     padding, folded into the kernels' index arithmetic instead of a padded copy.
-    ``activation`` (keyword only): ``"relu"`` or ``"sigmoid"`` applied in the kernel's
-    epilogue, and its derivative in the backward kernels as they read the gradient: one
-    pass each way instead of a convolution and an activation.
+    ``activation`` (keyword only): ``"relu"``, ``"sigmoid"``, ``"silu"``, ``"gelu"`` (exact, with
+    erf: torch's default), ``"gelu_tanh"`` (``approximate="tanh"``) or ``"relu6"``, applied in
+    the kernel's epilogue, and its derivative in the backward kernels as they read the
+    gradient: one pass each way instead of a convolution and an activation. ReLU, sigmoid and
+    ReLU6 take their derivative from the output; SiLU and GELU from the pre-activation, which
+    the forward then also writes and autograd keeps: one more tensor the size of the output
+    written and held until the backward (as torch's unfused conv + activation holds it).
+    Groups with one channel on a side (depthwise, any multiplier, and its transpose) run on
+    direct kernels (kernels/depthwise.py), the others on implicit GEMMs (kernels/conv2d.py).
     """
     if is_eager(input, weight, bias) and input.dim() == 4:
         key = (tensor_key(input), tensor_key(weight), tensor_key(bias), exact(stride), exact(padding), exact(dilation),
@@ -392,7 +419,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
                               activation=activation)
     else:  # torch must see the op
         name = OP_ACTIVATION_NAMES[code]
-        op = lambda x: torch.ops.convtri.conv2d(x, weight, bias, *geom.op_args(), name)
+        op = lambda x: torch.ops.convtri.conv2d(x, weight, bias, *geom.op_args(), name)[0]
     return _args.batched("conv2d", op, input)
 
 

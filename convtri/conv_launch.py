@@ -15,6 +15,7 @@ import triton
 from convtri._launch import (INTERPRETER_CHANNELS, INTERPRETER_TILE_NUMEL, Launch, Output, block, dot_precision,
                              dot_upcast, format_strides, is_channels_last, is_interpreted, layout_of, memory_format)
 from convtri.kernels import conv2d as kernels
+from convtri.kernels.activations import NO_ACTIVATION, SAVES_PREACTIVATION
 from convtri.kernels import relayout
 
 PAD_MODES = {"zeros": kernels.PAD_ZEROS, "reflect": kernels.PAD_REFLECT,
@@ -159,17 +160,26 @@ class GemmOutput:
 
 class Forward:
     """y = conv2d(x, w, b) for 4-D x, channels_last if x or w is. conv_transpose2d's input
-    gradient computes only the first ``out_hw`` rows and columns, in ``out_format``."""
+    gradient computes only the first ``out_hw`` rows and columns, in ``out_format``. With an
+    activation whose backward reads its input (SAVES_PREACTIVATION), ``saving`` also writes z,
+    the pre-activation, laid out as the kernel writes y (no copy to y's final layout)."""
 
-    def __init__(self, x, w, b, geom, out_hw=None, out_format=None, activation=kernels.NO_ACTIVATION):
+    def __init__(self, x, w, b, geom, out_hw=None, out_format=None, activation=NO_ACTIVATION):
         n, c, h, wd = x.shape
         k, _, r, s = w.shape
         p, q = out_hw or geom.output_size(h, wd, r, s)
         nhwc = self.copies_operands(c // geom.groups)
+        self.activation = activation
         self.y = GemmOutput((n, k, p, q), out_format or memory_format(is_channels_last(x, w)), x, nhwc)
+        self.z = (Output(self.y.gemm.size, None, x, stride=self.y.gemm.stride)
+                  if activation in SAVES_PREACTIVATION else None)
         self.x, self.w = ChannelsLast(x, nhwc), ChannelsLast(w, nhwc)
-        self.launch = None if self.y.final.empty else self._launch(self.x.spec, self.w.spec, b, geom,
-                                                                   (n, c, h, wd, k, p, q, r, s), activation)
+        self.launch = self.saving_launch = None
+        if not self.y.final.empty:
+            sizes = (n, c, h, wd, k, p, q, r, s)
+            self.launch = self._launch(self.x.spec, self.w.spec, b, geom, sizes, activation, False)
+            self.saving_launch = (self._launch(self.x.spec, self.w.spec, b, geom, sizes, activation, True)
+                                  if self.z is not None else self.launch)
 
     @staticmethod
     def copies_operands(channels_per_tap):
@@ -177,7 +187,7 @@ class Forward:
         channels per tap (FLAT_TAPS gathers few channels in any layout)."""
         return not _flat_taps(channels_per_tap)
 
-    def _launch(self, x, w, b, geom, sizes, activation):
+    def _launch(self, x, w, b, geom, sizes, activation, save):
         n, c, h, wd, k, p, q, r, s = sizes
         top, _, left, _ = geom.padding
         groups = geom.groups
@@ -193,12 +203,24 @@ class Forward:
                       (kernels.conv2d_fwd_configs, kernels.CONV_KEY, kernels.conv2d_fwd_prune),
                       HAS_BIAS=b is not None, PAD_MODE=geom.pad_mode, FLAT_TAPS=flat, PRECISION=dot_precision(x),
                       UPCAST=dot_upcast(x), EVEN_BLOCKS=not flat and _even_blocks(x, c // groups, blocks),
-                      ACTIVATION=activation)
+                      ACTIVATION=activation, SAVE_PREACTIVATION=save)
 
     def __call__(self, x, w, b):
+        return self._run(self.launch, x, w, b, None)
+
+    def saving(self, x, w, b):
+        """(y, what the backward of the fused activation reads: y, or z for SiLU and GELU; None
+        without an activation)."""
+        if self.z is None:
+            y = self(x, w, b)
+            return y, (None if self.activation == NO_ACTIVATION else y)
+        z = self.z()
+        return self._run(self.saving_launch, x, w, b, z), z
+
+    def _run(self, launch, x, w, b, z):
         y = self.y()
-        if self.launch is not None:
-            self.launch(self.x(x), self.w(w), b if b is not None else y, y)
+        if launch is not None:
+            launch(self.x(x), self.w(w), b if b is not None else y, y, z if z is not None else y)
         return self.y.result(y)
 
 
@@ -209,7 +231,7 @@ class Dgrad:
 
     copies_operands = staticmethod(Forward.copies_operands)
 
-    def __init__(self, dy, w, bias, x_size, x_format, geom, y=None, activation=kernels.NO_ACTIVATION):
+    def __init__(self, dy, w, bias, x_size, x_format, geom, y=None, activation=NO_ACTIVATION):
         nhwc = self.copies_operands(w.shape[0] // geom.groups)
         self.dx = GemmOutput(x_size, x_format, dy, nhwc and geom.pad_mode == kernels.PAD_ZEROS)
         self.padded = self.fold = None
@@ -310,7 +332,7 @@ class Wgrad:
     copies_operands = staticmethod(Forward.copies_operands)
 
     def __init__(self, x, dy, w_size, w_stride, geom, weight_grad=True, bias_grad=False, y=None,
-                 activation=kernels.NO_ACTIVATION):
+                 activation=NO_ACTIVATION):
         n, c, h, wd = x.shape
         k, p, q = dy.shape[1:]
         nhwc = self.copies_operands(w_size[1]) and weight_grad

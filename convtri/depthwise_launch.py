@@ -9,7 +9,7 @@ and fixed-order sum. ``forward``, ``dgrad`` and ``wgrad`` pick between them, so 
 """
 import triton
 
-from convtri._launch import Launch, is_interpreted
+from convtri._launch import INTERPRETER_CHANNELS, Launch, block
 from convtri.conv_launch import WGRAD_MIN_ROWS_PER_SPLIT, Dgrad, Forward, Wgrad, _wgrad_splits
 from convtri.kernels import depthwise as kernels
 from convtri.pool_launch import _align, _layout, _power_of_two, _tiling
@@ -41,8 +41,7 @@ def _tiles(t, size, strides, configs, prune):
     ``strides`` (the one a kernel writes), as the pooling kernels tile it; on CUDA the tile
     is autotuned among ``configs``."""
     channels_last, blocks, grid = _tiling(t, size, strides)
-    tuning = None if is_interpreted(t) else (configs, kernels.KEY, prune)
-    return channels_last, blocks, grid, tuning
+    return channels_last, blocks, grid, (configs, kernels.KEY, prune)
 
 
 class DepthwiseForward(Forward):
@@ -52,7 +51,7 @@ class DepthwiseForward(Forward):
     def copies_operands(channels_per_tap):
         return False
 
-    def _launch(self, x, w, b, geom, sizes, activation):
+    def _launch(self, x, w, b, geom, sizes, activation, save):
         n, c, h, wd, k, p, q, r, s = sizes
         y = self.y.gemm
         channels_last, blocks, grid, tuning = _tiles(x, y.size, y.stride, kernels.depthwise_configs,
@@ -61,15 +60,9 @@ class DepthwiseForward(Forward):
         return Launch(kernels.depthwise_fwd_kernel, grid,
                       (n, c, h, wd, k, p, q, *x.stride(), *w.stride(), *y.stride, b.stride(0) if b is not None else 0),
                       blocks, tuning, **_window(geom, r, s), C_G=c // geom.groups, K_G=k // geom.groups,
-                      HAS_BIAS=b is not None, PAD_MODE=geom.pad_mode, ACTIVATION=activation, SAVE_PREACTIVATION=False,
+                      HAS_BIAS=b is not None, PAD_MODE=geom.pad_mode, ACTIVATION=activation, SAVE_PREACTIVATION=save,
                       CHANNELS_LAST=channels_last, ALIGN_X=_align(channels_last, _layout(x)),
                       ALIGN_Y=_align(channels_last, (y.size, y.stride)))
-
-    def __call__(self, x, w, b):
-        y = self.y()
-        if self.launch is not None:
-            self.launch(x, w, b if b is not None else y, y, y)
-        return y
 
 
 class DepthwiseDgrad(Dgrad):
@@ -98,6 +91,8 @@ class DepthwiseDgrad(Dgrad):
                       ALIGN_DX=_align(channels_last, (dx.size, dx.stride)))
 
 
+INTERPRETER_WGRAD_NUMEL = 1 << 16  # a weight-gradient tile in the interpreter: one of up to 16 tap tiles
+
 # The weight gradient's slices: enough for WGRAD_WAVES waves of programs that each cover about
 # this many weight elements (64 channels x 16 taps over the several programs an SM runs at
 # once), and no slice shorter than this many rows (its fp32 partials, R*S per channel, then
@@ -123,13 +118,11 @@ class DepthwiseWgrad(Wgrad):
         channels_last = bool(dy.stride(1) < dy.stride(3)) if q > 1 else bool(dy.stride(1) < dy.stride(2))
         flat_planes = all(p == 1 or t.stride(2) == q * t.stride(3) for t in (dy, y))
         rows = k * c_per_group
-        if is_interpreted(x):
-            block_b = min(triton.next_power_of_2(max(rows, 1)), 128)
-            blocks = dict(BLOCK_A=min(triton.next_power_of_2(max(p * q, 1)), (1 << 16) // block_b), BLOCK_B=block_b)
-            tuning = None
-        else:
-            blocks, tuning = None, (kernels.depthwise_wgrad_configs, kernels.KEY, kernels.depthwise_wgrad_prune)
-        tap_rows = min(r, max(1, kernels.WGRAD_MAX_TAPS // s)) if weight_grad else 1
+        # the interpreter's tile: as wide as its tuple of tap tiles allows (CUDA autotunes it)
+        block_b = block(rows, INTERPRETER_CHANNELS)
+        blocks = dict(BLOCK_A=block(p * q, INTERPRETER_WGRAD_NUMEL // block_b), BLOCK_B=block_b)
+        tuning = (kernels.depthwise_wgrad_configs, kernels.KEY, kernels.depthwise_wgrad_prune)
+        tap_rows = min(r, max(1, kernels.WGRAD_MAX_TAPS[channels_last] // s)) if weight_grad else 1
         tap_groups = triton.cdiv(r, tap_rows) if weight_grad else 1
         splits = self.splits
         # One program: BLOCK_B rows (k, j) of dw for TAP_ROWS kernel rows, over one slice of N*P*Q.

@@ -2,30 +2,45 @@
 repr are torch's, while forward runs convtri's kernels."""
 import torch
 
+from convtri.conv1d import conv1d
 from convtri.conv2d import activation_code, conv2d
 from convtri.conv_transpose2d import conv_transpose2d
 from convtri.pool2d import adaptive_avg_pool2d, avg_pool2d, max_pool2d
 
 
-class Conv2d(torch.nn.Conv2d):
-    """``torch.nn.Conv2d`` on convtri's kernels, every padding_mode included. Non-zero padding
-    modes are folded into the kernels' index arithmetic: no padded copy of the input is made.
-    ``activation`` (keyword only, ``None``, ``"relu"`` or ``"sigmoid"``) is fused into the
-    kernels: ``Conv2d(..., activation="relu")`` computes ``Conv2d(...)`` then ``ReLU()``."""
+class FusedActivation:
+    """A convolution module's ``activation`` (keyword only: ``None`` or a name ``convtri.conv2d``
+    takes, e.g. ``"relu"``, ``"silu"``, ``"gelu"``), fused into its kernels:
+    ``Conv2d(..., activation="relu")`` computes ``Conv2d(...)`` then ``ReLU()``."""
 
-    activation = None  # also for a twin that convert() re-classes from torch's Conv2d
+    activation = None  # also for a twin that convert() re-classes from torch's module
 
     def __init__(self, *args, activation=None, **kwargs):
         super().__init__(*args, **kwargs)
         activation_code(activation)
         self.activation = activation
 
+    def extra_repr(self):
+        return super().extra_repr() + (f", activation={self.activation!r}" if self.activation else "")
+
+
+class Conv2d(FusedActivation, torch.nn.Conv2d):
+    """``torch.nn.Conv2d`` on convtri's kernels, every padding_mode included, with a fused
+    ``activation`` (``FusedActivation``). Non-zero padding modes are folded into the kernels'
+    index arithmetic: no padded copy of the input is made."""
+
     def forward(self, input):
         return conv2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
                       padding_mode=self.padding_mode, activation=self.activation)
 
-    def extra_repr(self):
-        return super().extra_repr() + (f", activation={self.activation!r}" if self.activation else "")
+
+class Conv1d(FusedActivation, torch.nn.Conv1d):
+    """``torch.nn.Conv1d`` on convtri's kernels (a one-row ``convtri.conv2d``), every
+    padding_mode included, with a fused ``activation`` (``FusedActivation``)."""
+
+    def forward(self, input):
+        return conv1d(input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
+                      padding_mode=self.padding_mode, activation=self.activation)
 
 
 class MaxPool2d(torch.nn.MaxPool2d):

@@ -12,37 +12,10 @@ import functools
 import triton
 import triton.language as tl
 
+from convtri.kernels.activations import activate, through_activation
 
 
 PAD_ZEROS, PAD_REFLECT, PAD_REPLICATE, PAD_CIRCULAR = 0, 1, 2, 3
-# Activations fused into the forward's epilogue, and their derivatives into the backward's
-# loads of dy, computed from the saved (activated) output y
-NO_ACTIVATION, RELU, SIGMOID = 0, 1, 2
-
-
-@triton.jit
-def activate(acc, ACTIVATION: tl.constexpr):
-    """The activation applied to the forward's accumulator."""
-    if ACTIVATION == 1:
-        acc = tl.maximum(acc, 0.)
-    elif ACTIVATION == 2:
-        acc = tl.sigmoid(acc)
-    return acc
-
-
-@triton.jit
-def through_activation(dy, y, ACTIVATION: tl.constexpr):
-    """The gradient before the activation from dy, the gradient after it, and y, its output:
-    relu' = (y > 0), sigmoid' = y (1 - y), computed in fp32 (fp64 for fp64), dy's dtype out."""
-    if ACTIVATION == 1:
-        dy = tl.where(y > 0, dy, 0.)
-    elif ACTIVATION == 2:
-        GRAD_TYPE = tl.float64 if dy.dtype == tl.float64 else tl.float32
-        y = y.to(GRAD_TYPE)
-        dy = (dy.to(GRAD_TYPE) * y * (1. - y)).to(dy.dtype)
-    return dy
-
-
 @triton.jit
 def padded_index(i, size, PAD_MODE: tl.constexpr):
     """Map coordinate ``i`` of the virtually padded input onto the input: (index, in_bounds)."""
@@ -130,7 +103,7 @@ def phase_taps(phase, pad, dil, conv_stride, tap_step, R):
 
 @triton.jit
 def conv2d_fwd_kernel(
-    x_ptr, w_ptr, b_ptr, y_ptr,
+    x_ptr, w_ptr, b_ptr, y_ptr, z_ptr,
     # sizes (C_G and K_G: input and output channels per group)
     N, C_G, H, W, K_G, P, Q, R, S, GROUPS,
     # strides
@@ -142,11 +115,12 @@ def conv2d_fwd_kernel(
     conv_stride_h, conv_stride_w, pad_h, pad_w, dil_h, dil_w,
     # flags
     HAS_BIAS: tl.constexpr, PAD_MODE: tl.constexpr, FLAT_TAPS: tl.constexpr, PRECISION: tl.constexpr,
-    UPCAST: tl.constexpr, EVEN_BLOCKS: tl.constexpr, ACTIVATION: tl.constexpr,
+    UPCAST: tl.constexpr, EVEN_BLOCKS: tl.constexpr, ACTIVATION: tl.constexpr, SAVE_PREACTIVATION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     """y[n, k, p, q] = act(b[k] + sum_{c, r, s} x[n, c, h(p, r), w(q, s)] * w[k, c, r, s]), act
-    the ACTIVATION (none, relu or sigmoid) applied in the epilogue.
+    the ACTIVATION (kernels/activations.py) applied in the epilogue; with SAVE_PREACTIVATION the
+    sum before it is also written to z (y's strides), for the backward of SiLU and GELU.
 
     Implicit GEMM per group: M = N*P*Q output pixels, N = K/GROUPS output channels,
     reduced over (C/GROUPS)*R*S in the order (r, s, then channel blocks), or, with FLAT_TAPS
@@ -154,7 +128,7 @@ def conv2d_fwd_kernel(
     EVEN_BLOCKS: BLOCK_K divides C/GROUPS, so channel blocks need no mask.
     One program computes a BLOCK_M x BLOCK_N tile of y for one group.
     Grid: (cdiv(N*P*Q, BLOCK_M) * cdiv(K/GROUPS, BLOCK_N), GROUPS), tiles in GROUP_M order.
-    x: (N, C, H, W), w: (K, C/GROUPS, R, S), b: (K,), y: (N, K, P, Q).
+    x: (N, C, H, W), w: (K, C/GROUPS, R, S), b: (K,), y, z: (N, K, P, Q).
     """
     M = N * P * Q
     tiles_m = tl.cdiv(M, BLOCK_M)
@@ -218,10 +192,12 @@ def conv2d_fwd_kernel(
     if HAS_BIAS:
         bias = tl.load(b_ptr + k_abs * stride_b, mask=k_ok, other=0.)
         acc += bias.to(ACC_TYPE)[None, :]
+    y_pix = n.to(tl.int64) * stride_yn + p.to(tl.int64) * stride_yp + q.to(tl.int64) * stride_yq
+    y_offsets = y_pix[:, None] + k_abs.to(tl.int64)[None, :] * stride_yk
+    if SAVE_PREACTIVATION:
+        tl.store(z_ptr + y_offsets, acc.to(z_ptr.dtype.element_ty), mask=m_ok[:, None] & k_ok[None, :])
     acc = activate(acc, ACTIVATION)
-    y_pix = y_ptr + n.to(tl.int64) * stride_yn + p.to(tl.int64) * stride_yp + q.to(tl.int64) * stride_yq
-    y_ptrs = y_pix[:, None] + k_abs.to(tl.int64)[None, :] * stride_yk
-    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & k_ok[None, :])
+    tl.store(y_ptr + y_offsets, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & k_ok[None, :])
 
 
 @triton.jit

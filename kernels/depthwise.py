@@ -19,8 +19,9 @@ Padding modes map coordinates through ``padded_index`` as the GEMM kernels do.
 import triton
 import triton.language as tl
 
-from convtri.kernels.conv2d import activate, padded_index, through_activation
-from convtri.kernels.pool2d import covering_window, offsets, plane_tile, tile_coords
+from convtri.kernels.activations import activate, through_activation
+from convtri.kernels.conv2d import padded_index
+from convtri.kernels.pool2d import covering_window, offsets, plane_tile, shifted_offsets, tile_coords
 
 
 @triton.jit
@@ -29,6 +30,33 @@ def tap_pixel(o, tap, size, CONV_STRIDE: tl.constexpr, PAD: tl.constexpr, DIL: t
     """The input coordinate that output coordinate ``o`` reads at kernel tap ``tap`` along one
     axis, mapped into the input by the padding mode, and whether it holds data."""
     return padded_index(o * CONV_STRIDE - PAD + tap * DIL, size, PAD_MODE)
+
+
+@triton.jit
+def tap_offsets(n, c, p, q, r, s, H, W, stride_n, stride_c, stride_h, stride_w, SH: tl.constexpr,
+                SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
+                PAD_MODE: tl.constexpr, ALIGN: tl.constexpr, CHANNELS_LAST: tl.constexpr):
+    """Offsets of the input pixels that output pixels (p, q) read at tap (r, s), and whether
+    they hold data. With zero padding a tap is a scalar shift of the window's corner, shared
+    by the tile (``shifted_offsets``); other padding modes map each coordinate."""
+    if PAD_MODE == 0:
+        h0 = p * SH - PH
+        w0 = q * SW - PW
+        h = h0 + r * DH
+        w = w0 + s * DW
+        ok = (h >= 0) & (h < H) & (w >= 0) & (w < W)
+        return shifted_offsets(n, c, h0, w0, r * DH, s * DW, stride_n, stride_c, stride_h, stride_w, ALIGN,
+                               CHANNELS_LAST), ok
+    else:
+        h, h_ok = tap_pixel(p, r, H, SH, PH, DH, PAD_MODE)
+        w, w_ok = tap_pixel(q, s, W, SW, PW, DW, PAD_MODE)
+        return offsets(n, c, h, w, stride_n, stride_c, stride_h, stride_w, ALIGN, CHANNELS_LAST), h_ok & w_ok
+
+
+# Windows of up to this many taps unroll whole; larger ones (5x5, 7x7) loop over kernel rows, with
+# each row's taps unrolled: compiled for sm_90, a fully unrolled 7x7 forward hoists its 49 taps'
+# loads and spills 27 KB (cnxt_dw7_96_56, fp16, 64x64 tiles).
+UNROLLED_TAPS = tl.constexpr(16)
 
 
 @triton.jit
@@ -94,15 +122,13 @@ def depthwise_fwd_kernel(
     acc = tl.zeros((BLOCK_A, BLOCK_B), dtype=ACC_TYPE)
     k_ok = b_ok if CHANNELS_LAST else a_ok  # the tile's output channels that exist
     w_k = w_ptr + k.to(tl.int64) * stride_wk
-    for j in tl.static_range(C_G):
+    for j in range(C_G):
         c = input_channel(k, j, C_G, K_G)
-        for r in tl.static_range(R):
-            h, h_ok = tap_pixel(p, r, H, SH, PH, DH, PAD_MODE)
+        for r in tl.range(R, loop_unroll_factor=R if R * S <= UNROLLED_TAPS else 1):  # as ``unrolled_taps``
             for s in tl.static_range(S):
-                w, w_ok = tap_pixel(q, s, W, SW, PW, DW, PAD_MODE)
-                x_ptrs = x_ptr + offsets(n, c, h, w, stride_xn, stride_xc, stride_xh, stride_xw, ALIGN_X,
-                                         CHANNELS_LAST)
-                v = tl.load(x_ptrs, mask=tile_ok & h_ok & w_ok, other=0.)
+                x_offsets, x_ok = tap_offsets(n, c, p, q, r, s, H, W, stride_xn, stride_xc, stride_xh, stride_xw, SH,
+                                              SW, PH, PW, DH, DW, PAD_MODE, ALIGN_X, CHANNELS_LAST)
+                v = tl.load(x_ptr + x_offsets, mask=tile_ok & x_ok, other=0.)
                 tap = tl.load(w_k + (j * stride_wc + r * stride_wr + s * stride_ws), mask=k_ok, other=0.)
                 acc += v.to(ACC_TYPE) * tap.to(ACC_TYPE)
     if HAS_BIAS:
@@ -152,9 +178,9 @@ def depthwise_dgrad_kernel(
     acc = tl.zeros((BLOCK_A, BLOCK_B), dtype=ACC_TYPE)
     c_ok = b_ok if CHANNELS_LAST else a_ok  # the tile's input channels that exist
     w_c = w_ptr + (c % C_G).to(tl.int64) * stride_wc
-    for i in tl.static_range(K_G):
+    for i in range(K_G):
         k = output_channel(c, i, C_G, K_G)
-        for jh in tl.static_range(COVER_H):
+        for jh in tl.range(COVER_H, loop_unroll_factor=COVER_H if COVER_H * COVER_W <= UNROLLED_TAPS else 1):
             p, r, p_ok = covering_window(h, jh, H, P, R, SH, PH, DH, COVER_H, False)
             for jw in tl.static_range(COVER_W):
                 q, s, q_ok = covering_window(w, jw, W, Q, S, SW, PW, DW, COVER_W, False)
@@ -272,14 +298,29 @@ def depthwise_wgrad_kernel(
 # ---------------------------------------------------------------------------------------
 # Tiles on CUDA, autotuned. Keys hold what changes the best tile: the sizes and the window.
 # ---------------------------------------------------------------------------------------
-# (BLOCK_A, BLOCK_B, num_warps): a tile is BLOCK_A x BLOCK_B outputs along contiguous memory on
-# axis 1 (channels, or columns in NCHW), 2 to 8 16-byte fp16 vectors per thread: few enough
-# registers for a 7x7 window's loads in flight, enough work per program to hide the taps' index
-# arithmetic. Not yet measured on a GPU: the autotuner picks per layer.
-SHAPES = [(64, 64, 4), (128, 32, 4), (32, 128, 4), (128, 64, 8), (16, 64, 4), (64, 16, 4), (256, 16, 8)]
+# (BLOCK_A, BLOCK_B, num_warps): a tile of BLOCK_A x BLOCK_B outputs along contiguous memory on
+# axis 1 (channels, or columns in NCHW). Not yet measured on a GPU: the autotuner picks per layer
+# among those that fit in registers (``_prune_to``).
+SHAPES = [(64, 64, 4), (128, 32, 4), (32, 128, 4), (128, 64, 8), (256, 32, 8), (32, 64, 4), (64, 32, 4), (128, 16, 4),
+          (16, 64, 4), (64, 16, 4), (32, 32, 4)]
 # The weight gradient keeps a tile per tap (TAP_ROWS x S of them): smaller tiles
-WGRAD_SHAPES = [(64, 64, 4), (128, 32, 4), (32, 64, 4), (256, 8, 4), (128, 16, 4)]
-WGRAD_MAX_TAPS = 16  # taps accumulated per program: 16 tiles of 8 fp32 per thread at 64 x 64 / 4 warps
+WGRAD_SHAPES = [(32, 64, 4), (64, 32, 4), (128, 16, 4), (16, 64, 4), (32, 32, 4), (64, 16, 4), (128, 8, 4), (32, 16, 4),
+                (64, 8, 4)]
+# Taps a weight-gradient program accumulates: whole kernel rows of up to this many taps; NCHW
+# tiles gather x per element and keep fewer
+WGRAD_MAX_TAPS = {True: 16, False: 8}
+# Register budgets, as bytes per thread over the taps one loop iteration unrolls: what the
+# forward and input gradient load in flight (elements per thread x their dtype, per tap), what
+# the weight gradient accumulates (as many fp32 per tap). In NCHW an element loads alone, with
+# an address of its own: it counts NCHW_COST times. Compiled for sm_90 (fp16,
+# perf/results/aot/depthwise.md, triton 3.6 and 3.9): channels_last 3x3 forwards with 32
+# outputs per thread (576 bytes) took 192-245 registers without spills, 64 per thread spilled
+# 144 bytes; NCHW 3x3 tiles spilled from 16 outputs per thread, none at 8. Under triton 3.9's
+# ptxas (13.4) channels_last tiles of a single vector per thread spilled 216-272 bytes at 80
+# registers, where triton 3.6's took 104 and none: they need MIN_VECTORS per thread.
+THREAD_BYTES = 576
+NCHW_COST = 4
+MIN_VECTORS = 2
 KEY = ("N", "C", "H", "W", "K", "P", "Q", "R", "S", "SH", "SW", "C_G", "K_G", "CHANNELS_LAST")
 
 
@@ -295,14 +336,30 @@ def depthwise_wgrad_configs(capability):
     return _configs(WGRAD_SHAPES)
 
 
-def _prune_to(axis_a, axis_b):
+def unrolled_taps(rows, columns):
+    """The taps one iteration of a tap loop holds: a whole window up to UNROLLED_TAPS taps, else a row."""
+    return rows * columns if rows * columns <= UNROLLED_TAPS else columns
+
+
+def _prune_to(axis_a, axis_b, tap_bytes):
     """Keep the tiles whose axes are no more than twice the extents they tile (at least 16 and 8
-    wide), and at least the smallest tile. The extents are functions of the kernel's arguments."""
+    wide) and that fit the register budget (THREAD_BYTES, with ``tap_bytes`` per element per
+    thread; MIN_VECTORS per thread along channels), and at least the smallest tile. The extents
+    and bytes are functions of the kernel's arguments."""
     def prune(configs, named_args, **kwargs):
         args = {**named_args, **kwargs}
         a, b = axis_a(args), axis_b(args)
-        kept = [cfg for cfg in configs if cfg.kwargs["BLOCK_A"] <= max(16, 2 * triton.next_power_of_2(a))
-                and cfg.kwargs["BLOCK_B"] <= max(8, 2 * triton.next_power_of_2(b))]
+        layout_cost = 1 if args["CHANNELS_LAST"] else NCHW_COST
+        vector = 16 // tap_bytes(args)[1]
+
+        def fits(cfg):
+            per_thread = cfg.kwargs["BLOCK_A"] * cfg.kwargs["BLOCK_B"] // (32 * cfg.num_warps)
+            cost, _ = tap_bytes(args)
+            return (cfg.kwargs["BLOCK_A"] <= max(16, 2 * triton.next_power_of_2(a))
+                    and cfg.kwargs["BLOCK_B"] <= max(8, 2 * triton.next_power_of_2(b))
+                    and per_thread * cost * layout_cost <= THREAD_BYTES
+                    and (not args["CHANNELS_LAST"] or per_thread >= MIN_VECTORS * vector))
+        kept = [cfg for cfg in configs if fits(cfg)]
         return kept or [min(configs, key=lambda cfg: cfg.kwargs["BLOCK_A"] * cfg.kwargs["BLOCK_B"])]
     return lambda capability: prune
 
@@ -313,6 +370,17 @@ def _fwd_axes(out_c, out_h, out_w):
             lambda a: a[out_c] if a["CHANNELS_LAST"] else a[out_w])
 
 
-depthwise_fwd_prune = _prune_to(*_fwd_axes("K", "P", "Q"))
-depthwise_dgrad_prune = _prune_to(*_fwd_axes("C", "H", "W"))
-depthwise_wgrad_prune = _prune_to(lambda a: a["P"] * a["Q"], lambda a: a["K"] * a["C_G"])
+def _loaded(pointer, rows, columns):
+    """(bytes an element of a tile loads per iteration of the tap loop, its dtype's size)."""
+    return lambda a: (a[pointer].dtype.itemsize * unrolled_taps(a[rows], a[columns]), a[pointer].dtype.itemsize)
+
+
+def _accumulated(a):
+    """(bytes of fp32 (fp64) accumulators an element of a weight-gradient tile holds, x's dtype's size)."""
+    itemsize = a["x_ptr"].dtype.itemsize
+    return max(4, itemsize) * a["TAP_ROWS"] * a["S"], itemsize
+
+
+depthwise_fwd_prune = _prune_to(*_fwd_axes("K", "P", "Q"), _loaded("x_ptr", "R", "S"))
+depthwise_dgrad_prune = _prune_to(*_fwd_axes("C", "H", "W"), _loaded("dy_ptr", "COVER_H", "COVER_W"))
+depthwise_wgrad_prune = _prune_to(lambda a: a["P"] * a["Q"], lambda a: a["K"] * a["C_G"], _accumulated)

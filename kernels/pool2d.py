@@ -63,12 +63,22 @@ def tile_coords(N, C, ROWS, COLS, CHANNELS_LAST: tl.constexpr, ALIGN: tl.constex
 def offsets(n, c, row, col, stride_n, stride_c, stride_h, stride_w, ALIGN: tl.constexpr, CHANNELS_LAST: tl.constexpr):
     """int64 offsets of the elements (n, c, row, col) of a tile (``tile_coords``): the part along
     axis 0, a multiple of ALIGN, plus the part along axis 1."""
+    return shifted_offsets(n, c, row, col, 0, 0, stride_n, stride_c, stride_h, stride_w, ALIGN, CHANNELS_LAST)
+
+
+@triton.jit
+def shifted_offsets(n, c, row, col, d_row, d_col, stride_n, stride_c, stride_h, stride_w, ALIGN: tl.constexpr,
+                    CHANNELS_LAST: tl.constexpr):
+    """``offsets`` of (n, c, row + d_row, col + d_col) for scalar shifts (a convolution's taps):
+    the shift is one scalar offset per axis, added to the tile's own, which its taps share."""
     if CHANNELS_LAST:
-        along_a = n.to(tl.int64) * stride_n + row.to(tl.int64) * stride_h + col.to(tl.int64) * stride_w
+        along_a = (n.to(tl.int64) * stride_n + row.to(tl.int64) * stride_h + col.to(tl.int64) * stride_w
+                   + (d_row * stride_h + d_col * stride_w))
         along_b = c.to(tl.int64) * stride_c
     else:
-        along_a = n.to(tl.int64) * stride_n + c.to(tl.int64) * stride_c + row.to(tl.int64) * stride_h
-        along_b = col.to(tl.int64) * stride_w
+        along_a = (n.to(tl.int64) * stride_n + c.to(tl.int64) * stride_c + row.to(tl.int64) * stride_h
+                   + d_row * stride_h)
+        along_b = col.to(tl.int64) * stride_w + d_col * stride_w
     return tl.multiple_of(along_a, [ALIGN, ALIGN]) + along_b
 
 

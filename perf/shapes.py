@@ -245,11 +245,19 @@ DEEPBENCH = [
     Conv("latency_n4_256_32x32_3x3s2", 4, 256, 32, 32, 256, 3, 3, stride=2, padding=1),
 ]
 
-# MobileNetV2 (Sandler et al. 2018) depthwise 3x3 layers, batch 32 at 224x224.
+# Depthwise layers (groups = channels), batch 32 at 224x224: MobileNetV2's 3x3 (Sandler et al.
+# 2018), EfficientNet-B0's 5x5 (Tan and Le 2019) and ConvNeXt-T's 7x7 (Liu et al. 2022); and one
+# ResNeXt-50 (32x4d) grouped 3x3, 4 channels per group, which stays on the GEMMs
+# (convtri/depthwise_launch.py: is_direct).
 DEPTHWISE = [
     Conv("mbv2_dw_32_112", 32, 32, 112, 112, 32, 3, 3, padding=1, groups=32),  # first block, stride 1
     Conv("mbv2_dw_96_112s2", 32, 96, 112, 112, 96, 3, 3, stride=2, padding=1, groups=96),  # 112 -> 56
     Conv("mbv2_dw_960_7", 32, 960, 7, 7, 960, 3, 3, padding=1, groups=960),  # last stage
+    Conv("effb0_dw5_144_56s2", 32, 144, 56, 56, 144, 5, 5, stride=2, padding=2, groups=144),  # stage 3 entry
+    Conv("effb0_dw5_672_14", 32, 672, 14, 14, 672, 5, 5, padding=2, groups=672),  # stage 5
+    Conv("cnxt_dw7_96_56", 32, 96, 56, 56, 96, 7, 7, padding=3, groups=96),  # ConvNeXt-T stage 1
+    Conv("cnxt_dw7_768_7", 32, 768, 7, 7, 768, 7, 7, padding=3, groups=768),  # ConvNeXt-T stage 4
+    Conv("rnx50_g32_128_56", 32, 128, 56, 56, 128, 3, 3, padding=1, groups=32),  # ResNeXt-50 conv2, 4 per group
 ]
 
 POOL = [

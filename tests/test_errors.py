@@ -41,7 +41,7 @@ CASES = [
     ("2-D bias", lambda: convtri.conv2d(t(1, 4, 8, 8), t(6, 4, 3, 3), t(6, 1)), RuntimeError,
      ["expected bias to be 1-D", "bias of size [6, 1]"]),
     # conv2d: dtypes and devices
-    ("integer input", lambda: convtri.conv2d(torch.ones(1, 1, 3, 3, dtype=torch.long), t(1, 1, 1, 1)), TypeError,
+    ("integer input", lambda: convtri.conv2d(torch.ones(1, 1, 3, 3, dtype=torch.long), t(1, 1, 1, 1)), RuntimeError,
      ["input must have a floating-point dtype", "float16, bfloat16, float32, float64", "got torch.int64"]),
     ("weight dtype", lambda: convtri.conv2d(t(1, 1, 3, 3), t(1, 1, 1, 1, dtype=torch.float64)), RuntimeError,
      ["weight has dtype torch.float64 but input has dtype torch.float32", "must match"]),

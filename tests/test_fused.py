@@ -1,6 +1,8 @@
-"""conv2d with a fused activation (issue 16): relu or sigmoid in the forward's epilogue and its
-derivative in the backward kernels' loads of dy, against torch's conv followed by the
-activation; nn.Conv2d carrying it, and convert(fuse=True)."""
+"""conv2d with a fused activation (issues 16 and 22): relu, sigmoid, silu, gelu (exact and tanh)
+or relu6 in the forward's epilogue and its derivative in the backward kernels' loads of dy (from
+the output, or for silu and gelu the saved pre-activation), against torch's conv followed by
+the activation, on the GEMM and the direct depthwise kernels; nn.Conv2d carrying it, and
+convert(fuse=True)."""
 import contextlib
 
 import pytest
@@ -12,7 +14,8 @@ import parity
 from test_conv2d import reduction_lengths
 from test_host_path import PassThrough
 
-ACTIVATIONS = {"relu": F.relu, "sigmoid": torch.sigmoid}
+ACTIVATIONS = {"relu": F.relu, "sigmoid": torch.sigmoid, "silu": F.silu, "gelu": F.gelu,
+               "gelu_tanh": lambda t: F.gelu(t, approximate="tanh"), "relu6": F.relu6}
 
 CL, NCHW = torch.channels_last, torch.contiguous_format
 CASES = [
@@ -21,6 +24,8 @@ CASES = [
     ((2, 20, 7, 6), (24, 20, 3, 3), dict(stride=2), CL),  # tap by tap on channels_last as it is
     ((4, 6, 14, 14), (16, 6, 5, 5), {}, NCHW),  # LeNet's C3
     ((2, 4, 7, 7), (6, 2, 3, 3), dict(groups=2, dilation=2, padding=2), CL),  # groups, dilation
+    ((2, 6, 7, 6), (6, 1, 3, 3), dict(groups=6, padding=1), CL),  # depthwise: the direct kernels
+    ((2, 5, 7, 6), (10, 1, 3, 3), dict(groups=5, stride=2), NCHW),  # depthwise, multiplier 2, row tiles
 ]
 
 
@@ -78,27 +83,35 @@ def test_custom_op_route_agrees_bitwise(activation):
         assert torch.equal(a, b)
 
 
-def test_opcheck():
+@pytest.mark.parametrize("activation, groups", [("sigmoid", 1), ("relu", 3), ("silu", 1), ("gelu", 3)])
+def test_opcheck(activation, groups):
+    # the GEMM (groups 1) and the direct kernels (depthwise); silu and gelu's op returns their
+    # pre-activation as its second output, which their gradient ops read
     x, w, b = torch.randn(2, 3, 6, 5, dtype=torch.float64, requires_grad=True), torch.randn(
-        4, 3, 3, 3, dtype=torch.float64, requires_grad=True), torch.randn(4, dtype=torch.float64, requires_grad=True)
-    geometry = ([1, 1], [1, 1, 1, 1], [1, 1], 1, "zeros")
-    torch.library.opcheck(torch.ops.convtri.conv2d, (x, w, b, *geometry, "sigmoid"))
-    y = torch.ops.convtri.conv2d(x.detach(), w.detach(), b.detach(), *geometry, "relu")
+        3, 3 // groups, 3, 3, dtype=torch.float64, requires_grad=True), torch.randn(3, dtype=torch.float64,
+                                                                                    requires_grad=True)
+    geometry = ([1, 1], [1, 1, 1, 1], [1, 1], groups, "zeros")
+    torch.library.opcheck(torch.ops.convtri.conv2d, (x, w, b, *geometry, activation))
+    y, z = torch.ops.convtri.conv2d(x.detach(), w.detach(), b.detach(), *geometry, activation)
+    saved = z if activation in ("silu", "gelu") else y
+    assert z.numel() == (y.numel() if activation in ("silu", "gelu") else 0)
     dy = torch.randn_like(y)
-    torch.library.opcheck(torch.ops.convtri.conv2d_dgrad, (dy, w.detach(), list(x.shape), False, *geometry, y, "relu"))
-    torch.library.opcheck(torch.ops.convtri.conv2d_wgrad, (x.detach(), dy, w.detach(), *geometry, True, True, y,
-                                                           "relu"))
+    torch.library.opcheck(torch.ops.convtri.conv2d_dgrad, (dy, w.detach(), list(x.shape), False, *geometry, saved,
+                                                           activation))
+    torch.library.opcheck(torch.ops.convtri.conv2d_wgrad, (x.detach(), dy, w.detach(), *geometry, True, True, saved,
+                                                           activation))
 
 
 @pytest.mark.parametrize("call, error, words", [
     (lambda: convtri.conv2d(torch.randn(1, 1, 3, 3), torch.randn(1, 1, 1, 1), activation="tanh"), ValueError,
-     "activation must be one of \\[None, 'relu', 'sigmoid'\\], got 'tanh'"),
+     "activation must be one of \\[None, 'relu', 'sigmoid', 'silu', 'gelu', 'gelu_tanh', 'relu6'\\], got 'tanh'"),
     (lambda: convtri.conv2d(torch.randn(1, 1, 3, 3), torch.randn(1, 1, 1, 1), activation=torch.relu), TypeError,
-     "activation must be None, 'relu' or 'sigmoid'"),
-    (lambda: convtri.nn.Conv2d(1, 1, 1, activation="gelu"), ValueError, "activation must be one of"),
+     "activation must be None or a string"),
+    (lambda: convtri.nn.Conv2d(1, 1, 1, activation="swish"), ValueError, "activation must be one of"),
+    (lambda: convtri.nn.Conv1d(1, 1, 1, activation="GELU"), ValueError, "activation must be one of"),
     (lambda: torch.ops.convtri.conv2d_dgrad(torch.randn(1, 1, 3, 3), torch.randn(1, 1, 1, 1), [1, 1, 3, 3], False,
                                             [1, 1], [0, 0, 0, 0], [1, 1], 1, "zeros", None, "relu"), RuntimeError,
-     "expected the forward's output exactly with an activation"),
+     "expected the forward's output \\(for silu and gelu its pre-activation\\) exactly with an activation"),
 ])
 def test_bad_activation(call, error, words):
     with pytest.raises(error, match=words):
@@ -127,6 +140,23 @@ def test_convert_fuse_keeps_parameters_outputs_and_gradients(variant):
         outputs.append([y.detach(), *[p.grad for p in model.parameters()]])
     for a, b in zip(*outputs):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_convert_fuses_the_activations_modern_nets_use():
+    # each by exact class, GELU by its approximation, Hardtanh only as ReLU6; Conv1d as Conv2d
+    nn = torch.nn
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.SiLU(), nn.Conv2d(4, 4, 1), nn.GELU(), nn.Conv2d(4, 4, 1),
+                          nn.GELU(approximate="tanh"), nn.Conv2d(4, 4, 1), nn.ReLU6(), nn.Conv2d(4, 4, 1),
+                          nn.Hardtanh(0., 6.), nn.Conv2d(4, 4, 1), nn.Hardtanh(-1., 1.),
+                          nn.Sequential(nn.Conv1d(4, 4, 3), nn.SiLU())).double()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    run = lambda m: m[12](m[:12](x).flatten(2))
+    expected = run(model)
+    convtri.convert(model, fuse=True)
+    assert [model[i].activation for i in (0, 2, 4, 6, 8, 10)] == ["silu", "gelu", "gelu_tanh", "relu6", "relu6", None]
+    assert all(isinstance(model[i], nn.Identity) for i in (1, 3, 5, 7, 9)) and type(model[11]) is nn.Hardtanh
+    assert type(model[12][0]) is convtri.nn.Conv1d and model[12][0].activation == "silu"
+    torch.testing.assert_close(run(model), expected)
 
 
 def test_convert_fuse_from_torch_layers():

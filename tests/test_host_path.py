@@ -12,6 +12,8 @@ import convtri
 from convtri import _launch
 from convtri._launch import Bound, Launch
 from convtri.conv_launch import ConvGeometry, Dgrad, Forward, Wgrad
+from convtri.depthwise_launch import DepthwiseDgrad, DepthwiseForward, DepthwiseWgrad
+from convtri.kernels.activations import SILU
 from convtri.kernels import conv2d as conv_kernels
 from convtri.pool_launch import (FLAT_INDICES, WINDOW_OFFSETS, AvgBackward, AvgForward, MaxBackward, MaxForward,
                                  PoolGeometry)
@@ -131,12 +133,24 @@ def meta(*shape, fmt=torch.contiguous_format, dtype=torch.float16):
 
 
 GEOM = ConvGeometry((2, 1), (1, 1, 0, 2), (1, 1), 2)
+DEPTHWISE = ConvGeometry((2, 1), (1, 1, 0, 2), (1, 1), 2, "reflect")
 POOL = PoolGeometry((9, 8), (5, 4), (3, 2), (2, 2), (1, 0), (1, 1))
 GLOBAL = PoolGeometry((9, 8), (1, 1), adaptive=True)
 CL = torch.channels_last
 LAUNCHES = {  # name -> (launch, the tensors a call passes)
     "conv2d forward": lambda: (Forward(meta(2, 4, 9, 8), meta(6, 2, 3, 3), meta(6), GEOM).launch,
-                               [meta(2, 4, 9, 8), meta(6, 2, 3, 3), meta(6), meta(2, 6, 5, 8)]),
+                               [meta(2, 4, 9, 8), meta(6, 2, 3, 3), meta(6), meta(2, 6, 5, 8), meta(2, 6, 5, 8)]),
+    "depthwise forward": lambda: (DepthwiseForward(meta(2, 2, 9, 8, fmt=CL), meta(4, 1, 3, 3), meta(4), DEPTHWISE,
+                                                   activation=SILU).saving_launch,
+                                  [meta(2, 2, 9, 8, fmt=CL), meta(4, 1, 3, 3), meta(4), meta(2, 4, 5, 8, fmt=CL),
+                                   meta(2, 4, 5, 8, fmt=CL)]),
+    "depthwise dgrad": lambda: (DepthwiseDgrad(meta(2, 4, 5, 8), meta(4, 1, 3, 3), None, (2, 2, 9, 8),
+                                               torch.contiguous_format, DEPTHWISE).launch,
+                                [meta(2, 4, 5, 8), meta(2, 4, 5, 8), meta(4, 1, 3, 3), meta(2, 2, 9, 8),
+                                 meta(2, 2, 9, 8)]),
+    "depthwise wgrad": lambda: (DepthwiseWgrad(meta(2, 2, 9, 8), meta(2, 4, 5, 8), (4, 1, 3, 3), (9, 9, 3, 1),
+                                               DEPTHWISE, True, True).launch,
+                                [meta(2, 2, 9, 8), meta(2, 4, 5, 8), meta(2, 4, 5, 8), meta(4, 1, 3, 3), meta(4)]),
     "conv2d dgrad": lambda: (Dgrad(meta(2, 6, 5, 8), meta(6, 2, 3, 3), None, (2, 4, 9, 8), torch.channels_last,
                                    GEOM).launch,
                              [meta(2, 6, 5, 8), meta(2, 6, 5, 8), meta(6, 2, 3, 3), meta(2, 4, 9, 8),
@@ -262,7 +276,7 @@ def test_cuda_launch_binds_once_per_device_and_alignment(monkeypatch):
     monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda index: 7, raising=False)
     for _ in range(3):
         launch._cuda(tensors)
-    assert binds == [tensors[0].get_device()] and calls == [(4, 7), (4, 7)]
+    assert binds == [tensors[0].get_device()] and calls == [(5, 7), (5, 7)]  # x, w, b, y, z
 
 
 def test_interpreter_leaves_triton_language_as_it_was():

@@ -19,13 +19,16 @@ def _outputs():
     """Outputs that the backward samples take as their inputs (dy, indices)."""
     ops = torch.ops.convtri
     x, w = t(2, 4, 7, 6), t(6, 2, 3, 3)
-    dy = ops.conv2d(x, w, None, [2, 1], [1, 2, 0, 1], [1, 1], 2, "zeros")
+    dy = ops.conv2d(x, w, None, [2, 1], [1, 2, 0, 1], [1, 1], 2, "zeros")[0]
+    xd, wd = t(2, 3, 6, 5), t(6, 1, 3, 3)  # depthwise, multiplier 2: the direct kernels
+    dyd = ops.conv2d(xd, wd, None, [2, 1], [1, 1, 0, 1], [1, 2], 3, "zeros")[0]
     xt, wt = t(2, 4, 5, 4), t(4, 3, 3, 2)
     dyt = ops.conv_transpose2d(xt, wt, None, [2, 2], [1, 0], [1, 0], 1, [1, 1])
     xp = t(2, 3, 7, 8)
     y, idx = ops.max_pool2d(xp, [3, 2], [2, 2], [1, 1], [1, 2], True, "flat")
     _, offsets = ops.max_pool2d(xp.to(memory_format=CL), [3, 2], [2, 2], [1, 1], [1, 2], True, "offsets")
-    return dict(x=x, w=w, dy=dy, xt=xt, wt=wt, dyt=dyt, xp=xp, y=y, idx=idx, offsets=offsets)
+    return dict(x=x, w=w, dy=dy, xd=xd, wd=wd, dyd=dyd, xt=xt, wt=wt, dyt=dyt, xp=xp, y=y, idx=idx,
+                offsets=offsets)
 
 
 AVG_ARGS = ([3, 3], [2, 2], [1, 1], True, False, None)
@@ -41,6 +44,12 @@ SAMPLES = [
     # a strided view (every other row) with grad
     (OPS.conv2d, lambda o: (t(2, 3, 12, 5, grad=True)[:, :, ::2], t(4, 3, 2, 2, grad=True), None, [1, 1],
                             [0, 0, 0, 0], [2, 1], 1, "zeros")),
+    # depthwise with multiplier 2 (the direct kernels), channels_last, grad
+    (OPS.conv2d, lambda o: (t(2, 3, 6, 5, fmt=CL, grad=True), t(6, 1, 3, 3, grad=True), t(6, grad=True), [1, 1],
+                            [1, 1, 1, 1], [1, 1], 3, "zeros")),
+    (OPS.conv2d_dgrad, lambda o: (o["dyd"], o["wd"], list(o["xd"].shape), True, [2, 1], [1, 1, 0, 1], [1, 2], 3,
+                                  "zeros")),
+    (OPS.conv2d_wgrad, lambda o: (o["xd"], o["dyd"], o["wd"], [2, 1], [1, 1, 0, 1], [1, 2], 3, "reflect", True, True)),
     (OPS.conv2d_dgrad, lambda o: (o["dy"], o["w"], list(o["x"].shape), False, [2, 1], [1, 2, 0, 1], [1, 1], 2,
                                   "zeros")),
     (OPS.conv2d_dgrad, lambda o: (o["dy"].to(memory_format=CL), o["w"], list(o["x"].shape), True, [2, 1],
