@@ -122,7 +122,7 @@ class DepthwiseWgrad(Wgrad):
         block_b = block(rows, INTERPRETER_CHANNELS)
         blocks = dict(BLOCK_A=block(p * q, INTERPRETER_WGRAD_NUMEL // block_b), BLOCK_B=block_b)
         tuning = (kernels.depthwise_wgrad_configs, kernels.KEY, kernels.depthwise_wgrad_prune)
-        tap_rows = min(r, max(1, kernels.WGRAD_MAX_TAPS[channels_last] // s)) if weight_grad else 1
+        tap_rows = min(r, max(1, kernels.WGRAD_MAX_TAPS // s)) if weight_grad else 1
         tap_groups = triton.cdiv(r, tap_rows) if weight_grad else 1
         splits = self.splits
         # One program: BLOCK_B rows (k, j) of dw for TAP_ROWS kernel rows, over one slice of N*P*Q.

@@ -306,9 +306,6 @@ SHAPES = [(64, 64, 4), (128, 32, 4), (32, 128, 4), (128, 64, 8), (256, 32, 8), (
 # The weight gradient keeps a tile per tap (TAP_ROWS x S of them): smaller tiles
 WGRAD_SHAPES = [(32, 64, 4), (64, 32, 4), (128, 16, 4), (16, 64, 4), (32, 32, 4), (64, 16, 4), (128, 8, 4), (32, 16, 4),
                 (64, 8, 4)]
-# Taps a weight-gradient program accumulates: whole kernel rows of up to this many taps; NCHW
-# tiles gather x per element and keep fewer
-WGRAD_MAX_TAPS = {True: 16, False: 8}
 # Register budgets, as bytes per thread over the taps one loop iteration unrolls: what the
 # forward and input gradient load in flight (elements per thread x their dtype, per tap), what
 # the weight gradient accumulates (as many fp32 per tap). In NCHW an element loads alone, with
@@ -321,6 +318,10 @@ WGRAD_MAX_TAPS = {True: 16, False: 8}
 THREAD_BYTES = 576
 NCHW_COST = 4
 MIN_VECTORS = 2
+# Taps a weight-gradient program accumulates: whole kernel rows of up to this many taps (a 3x3
+# window at once, 5x5 and 7x7 a row at a time), so that a tile of MIN_VECTORS fp16 vectors per
+# thread fits THREAD_BYTES of fp32 accumulators
+WGRAD_MAX_TAPS = 9
 KEY = ("N", "C", "H", "W", "K", "P", "Q", "R", "S", "SH", "SW", "C_G", "K_G", "CHANNELS_LAST")
 
 
@@ -370,9 +371,14 @@ def _fwd_axes(out_c, out_h, out_w):
             lambda a: a[out_c] if a["CHANNELS_LAST"] else a[out_w])
 
 
-def _loaded(pointer, rows, columns):
-    """(bytes an element of a tile loads per iteration of the tap loop, its dtype's size)."""
-    return lambda a: (a[pointer].dtype.itemsize * unrolled_taps(a[rows], a[columns]), a[pointer].dtype.itemsize)
+def _loaded(pointer, rows, columns, row_loop_cost=1.):
+    """(bytes an element of a tile loads per iteration of the tap loop, its dtype's size); a loop
+    over kernel rows (windows beyond UNROLLED_TAPS) counts each tap ``row_loop_cost`` times."""
+    def loaded(a):
+        taps = unrolled_taps(a[rows], a[columns])
+        cost = row_loop_cost if taps < a[rows] * a[columns] else 1.
+        return a[pointer].dtype.itemsize * taps * cost, a[pointer].dtype.itemsize
+    return loaded
 
 
 def _accumulated(a):
@@ -382,5 +388,9 @@ def _accumulated(a):
 
 
 depthwise_fwd_prune = _prune_to(*_fwd_axes("K", "P", "Q"), _loaded("x_ptr", "R", "S"))
-depthwise_dgrad_prune = _prune_to(*_fwd_axes("C", "H", "W"), _loaded("dy_ptr", "COVER_H", "COVER_W"))
+# The input gradient's row loop also finds each row's covering windows: at 32 outputs per
+# thread a 7x7 one spilled 112-168 bytes where 5x5 and the forward's did not (sm_90, fp16)
+DGRAD_ROW_LOOP_COST = 1.5
+depthwise_dgrad_prune = _prune_to(*_fwd_axes("C", "H", "W"), _loaded("dy_ptr", "COVER_H", "COVER_W",
+                                                                       DGRAD_ROW_LOOP_COST))
 depthwise_wgrad_prune = _prune_to(lambda a: a["P"] * a["Q"], lambda a: a["K"] * a["C_G"], _accumulated)

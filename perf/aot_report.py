@@ -62,6 +62,7 @@ import sweep  # noqa: E402  (the sweep's call of each shape, so that we compile 
 warnings.filterwarnings("ignore", message="TRITON_DEFAULT_FP_FUSION is unset")  # triton 3.9 says it per compile
 
 DTYPES = {**sweep.DTYPES, "fp64": torch.float64}
+LAYERS = {shape.name: shape for suite in shapes.SUITES.values() for shape in suite}
 ISSUE_PER_CLOCK = 4  # instructions an SM issues per clock: 4 schedulers (H100 and A100)
 
 
@@ -290,7 +291,8 @@ def sass_figures(sass):
     Loops are found by their backward branches: a BRA to a lower address closes a loop from
     that address to the branch. The main loop is the innermost loop holding tensor-core
     instructions, or for a kernel without them, the innermost holding global loads (LDG,
-    LDGSTS, UTMALDG). Counts are over the main loop, or the whole kernel where it has none."""
+    LDGSTS, UTMALDG). Counts are over the main loop, or the whole kernel where it has none;
+    global stores (an epilogue's) over the whole kernel."""
     instructions = [(int(a, 16), op, args) for a, op, args in INSTRUCTION.findall(sass)]
     loops = []
     for address, op, args in instructions:
@@ -309,7 +311,9 @@ def sass_figures(sass):
     loads = " ".join(f"{base}.{bits}*{n}" for base in ("LDG", "LDGSTS", "UTMALDG")
                      for bits, n in sorted(widths(base).items()))
     mma = collections.Counter(op for op in body if lo_op(op) in TENSOR_CORE_OPS)
-    return dict(hgmma=count("HGMMA"), hmma=count("HMMA"), mma=" ".join(f"{op}*{n}" for op, n in sorted(mma.items())),
+    store_widths = collections.Counter(_bits(op) for _, op, _ in instructions if lo_op(op) == "STG")
+    return dict(stg128=store_widths[128], stores=" ".join(f"STG.{bits}*{n}" for bits, n in sorted(store_widths.items())),
+                hgmma=count("HGMMA"), hmma=count("HMMA"), mma=" ".join(f"{op}*{n}" for op, n in sorted(mma.items())),
                 ldg=count("LDG"), ldg128=widths("LDG")[128], ldgsts=count("LDGSTS"), ldgsts128=widths("LDGSTS")[128],
                 utmaldg=count("UTMALDG"), loads=loads, local_in_loop=count("LDL") + count("STL") if main else None,
                 loop_instructions=len(body) if main else None,
@@ -361,7 +365,7 @@ def issue_tensor_ratio(figures, check, precision, target):
 COLUMNS = ["kernel", "config", "layer", "dtype", "arch", "layout", "regs", "spill_bytes", "smem_bytes", "hgmma",
            "hmma", "ldg128", "loop_instructions", "issue_tensor_ratio", "precision", "dots", "smem_limit", "mma", "ldg",
            "ldgsts", "ldgsts128", "utmaldg", "loads", "local_in_loop", "loop", "num_warps", "num_stages", "tile",
-           "class_layers", "specialisation", "compile_s", "triton", "commit"]
+           "class_layers", "specialisation", "compile_s", "triton", "commit", "stg128", "stores", "traffic_ratio"]
 
 
 @dataclass
@@ -403,13 +407,51 @@ def compile_all(checks, jobs):
         return {futures[f]: f.result() for f in tqdm(done, "compiling", len(futures), file=sys.stderr, disable=None)}
 
 
+def _span(outputs, stride, kernel, dilation, size):
+    """Input coordinates along one axis that ``outputs`` consecutive outputs read, at most ``size``."""
+    return min(size, (outputs - 1) * stride + (kernel - 1) * dilation + 1)
+
+
+def _covered(inputs, stride, kernel, dilation, size):
+    """Outputs along one axis whose windows cover ``inputs`` consecutive input coordinates, at most ``size``."""
+    return min(size, (inputs - 1 + (kernel - 1) * dilation) // stride + 1)
+
+
+def traffic_ratio(check, shape):
+    """For the direct depthwise kernels, the DRAM bytes one program's tile moves per element it
+    writes (or, for the weight gradient, per dy element it reduces), counting its window's halo
+    as read again, over the layer's minimum (every tensor moved once); None for other kernels.
+    A tile of BLOCK_A consecutive pixels (channels_last, and the weight gradient) or rows
+    (NCHW) of one plane, starting at a row's start; halos shared with other programs through
+    L2 count for each."""
+    if not check.name.startswith("depthwise") or shape.kind != "conv":
+        return None
+    c = check.constexpr
+    window = [(c("SH"), c("R"), c("DH")), (c("SW"), c("S"), c("DW"))]
+    (p, q), (h, w) = shape.out_hw, (shape.h, shape.w)
+    a, b = c("BLOCK_A"), c("BLOCK_B")
+    if check.name == "depthwise_dgrad":  # writes dx tiles, reads the dy that covers them
+        out_hw, in_hw, reach = (h, w), (p, q), _covered
+    else:  # writes y (reduces dy) tiles, reads the x under their windows
+        out_hw, in_hw, reach = (p, q), (h, w), _span
+    if c("CHANNELS_LAST") or check.name == "depthwise_wgrad":
+        rows, cols = -(-min(a, out_hw[0] * out_hw[1]) // out_hw[1]), min(a, out_hw[1])
+    else:
+        rows, cols = min(a, out_hw[0]), min(b, out_hw[1])
+    read = reach(rows, *window[0], in_hw[0]) * reach(cols, *window[1], in_hw[1])
+    written = min(rows * cols, out_hw[0] * out_hw[1])
+    return round((read / written + 1) / (in_hw[0] * in_hw[1] / (out_hw[0] * out_hw[1]) + 1), 3)
+
+
 def rows_of(members, figures, commit):
     rows = []
     for m in members:
         f, check, target = figures[m.check.key], m.check, TARGETS[m.check.arch]
         precision = m.precision if f["dots"] else None
         ratio = issue_tensor_ratio(f, check, precision, target)
-        rows.append({**f, "kernel": check.name, "config": check.config, "layer": m.layers[0], "dtype": m.dtype,
+        traffic = traffic_ratio(check, LAYERS[m.layers[0]])
+        rows.append({**f, "traffic_ratio": traffic, "kernel": check.name, "config": check.config, "layer": m.layers[0],
+                     "dtype": m.dtype,
                      "arch": f"sm_{check.arch}", "layout": m.layout, "precision": precision or "",
                      "issue_tensor_ratio": round(ratio, 3) if ratio is not None else None,
                      "smem_limit": target.shared_memory, "num_warps": check.options["num_warps"],
@@ -421,9 +463,9 @@ def rows_of(members, figures, commit):
 
 PRINTED = [("kernel", 14), ("config", 15), ("layer", 34), ("dtype", 5), ("arch", 5), ("layout", 6), ("regs", 4),
            ("spill_bytes", 6), ("smem_bytes", 7), ("hgmma", 5), ("hmma", 4), ("ldgsts128", 9), ("ldg128", 6),
-           ("loop_instructions", 5), ("issue_tensor_ratio", 6)]
+           ("stg128", 6), ("loop_instructions", 5), ("issue_tensor_ratio", 6), ("traffic_ratio", 7)]
 HEADINGS = {"spill_bytes": "spill", "smem_bytes": "smem", "ldgsts128": "ldgsts128", "loop_instructions": "loop",
-            "issue_tensor_ratio": "i/t"}
+            "issue_tensor_ratio": "i/t", "traffic_ratio": "traffic"}
 
 
 def print_table(rows):

@@ -767,12 +767,7 @@ def ceilings(device, smoke):
     import torch
     size = CEILING_SIZES[smoke or device != "cuda"]
     cuda, iters = device == "cuda", size["iters"]
-    src = torch.randn(size["copy_bytes"] // 4, device=device)
-    dst = torch.empty_like(src)
-    copy = lambda: dst.copy_(src)
-    sweep.wall_seconds(copy, 3, cuda)
-    copy_gbps = 2 * src.numel() * 4 * iters / sweep.wall_seconds(copy, iters, cuda) / 1e9
-    del src, dst
+    copy_gbps = sweep.copy_bandwidth(device, size["copy_bytes"], iters)
     n, dtype = size["matmul_n"], torch.bfloat16 if cuda else torch.float32
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     mm = lambda: a @ b

@@ -94,6 +94,34 @@ class Conv(_Layer):
         return (f"N={self.n} C={self.c} H={self.h} W={self.w} -> K={self.k} P={p} Q={q} R={self.r} S={self.s} "
                 f"stride={_text(self.stride)} pad={_text(self.padding)} groups={self.groups}")
 
+    dims = 2  # the spatial dimensions of the call: conv2d
+
+
+@dataclass(frozen=True)
+class Conv1d(Conv):
+    """conv1d: a Conv of one row (h = r = 1) called as F.conv1d on (N, C, L) tensors."""
+    dims = 1
+
+    @property
+    def input_shape(self):
+        return (self.n, self.c, self.w)
+
+    @property
+    def weight_shape(self):
+        return (self.k, self.c // self.groups, self.s)
+
+    @property
+    def output_shape(self):
+        return (self.n, self.k, self.out_hw[1])
+
+    def describe(self):
+        return (f"N={self.n} C={self.c} L={self.w} -> K={self.k} L_out={self.out_hw[1]} kernel={self.s} "
+                f"stride={self.stride[1]} pad={self.padding[1]} groups={self.groups}")
+
+
+def conv1d(name, n, c, length, k, kernel, stride=1, padding=0, groups=1):
+    return Conv1d(name, n, c, 1, length, k, 1, kernel, (1, stride), (0, padding), groups)
+
 
 @dataclass(frozen=True)
 class Pool(_Layer):
@@ -170,6 +198,7 @@ SMOKE = [
     Conv("smoke_3x3", 2, 4, 8, 8, 8, 3, 3, padding=1),  # plain 3x3, same padding
     Conv("smoke_3x3s2_odd", 2, 8, 9, 9, 8, 3, 3, stride=2, padding=1),  # odd H, stride 2
     Conv("smoke_dw3x3", 2, 8, 8, 8, 8, 3, 3, padding=1, groups=8),  # depthwise
+    conv1d("smoke_conv1d_dw4", 2, 8, 16, 8, 4, padding=3, groups=8),  # Mamba-style depthwise conv1d
     Pool("smoke_max3x3s2", 2, 4, 9, 9, "max", 3, 2, 1),  # ResNet-stem-like window on odd H
     Pool("smoke_global_avg", 2, 8, 4, 4, "adaptive_avg", output_size=1),  # global average
 ]
@@ -260,6 +289,16 @@ DEPTHWISE = [
     Conv("rnx50_g32_128_56", 32, 128, 56, 56, 128, 3, 3, padding=1, groups=32),  # ResNeXt-50 conv2, 4 per group
 ]
 
+# Mamba's short causal convolution (Gu and Dao 2023): depthwise conv1d over the inner width
+# (2 x d_model), kernel 4, padded 3 on both sides (the first L outputs are kept), in fp16/bf16.
+# The sweep's nhwc layout is a transposed (N, L, C) tensor, as Mamba holds it.
+CONV1D = [
+    conv1d("mamba_130m_l2048", 8, 1536, 2048, 1536, 4, padding=3, groups=1536),  # d_model 768
+    conv1d("mamba_1p4b_l4096", 4, 4096, 4096, 4096, 4, padding=3, groups=4096),  # d_model 2048, long sequence
+    conv1d("mamba_2p8b_l1024", 8, 5120, 1024, 5120, 4, padding=3, groups=5120),  # d_model 2560
+    conv1d("mamba_130m_l512_n1", 1, 1536, 512, 1536, 4, padding=3, groups=1536),  # one short sequence: latency
+]
+
 POOL = [
     # d2l LeNet: 2x2/2 average pooling after C1 (256 x 6 x 28x28 -> 14x14)
     Pool("lenet_avg2x2s2", 256, 6, 28, 28, "avg", 2, 2),
@@ -282,6 +321,7 @@ SUITES = {
     "vgg": VGG,
     "deepbench": DEEPBENCH,
     "depthwise": DEPTHWISE,
+    "conv1d": CONV1D,
     "pool": POOL,
 }
 NOT_IN_ALL = ("all", "smoke", "quick")  # smoke is CPU-only; quick picks from the others
@@ -322,6 +362,7 @@ QUICK = [
     _pick("rn50_stem_max3x3s2", ("fwd", "bwd"), LOW),  # ResNet stem max-pool: memory-bound
     _pick("lenet_c3", CONV3, ("fp32",), ("nchw",)),  # LeNet C3, TF32: host-bound
     _pick("mbv2_dw_96_112s2", CONV3, ("fp16",)),  # depthwise, strided
+    _pick("mamba_130m_l2048", ("fwd",), ("bf16",)),  # depthwise conv1d, Mamba's, channels-fastest
     _pick("db_inception_14_512to48_5x5", ("fwd", "dgrad"), ("fp16",)),  # DeepBench 5x5, long reduction
     _pick("db_speech_79x341_32to32_5x10s2", ("fwd",), ("fp16",)),  # DeepBench speech: wide kernel, stride 2
     _pick("rn50_28to14_3x3s2_256", CONV3, ("fp16",)),  # ResNet-50 strided 3x3

@@ -57,7 +57,8 @@ TIMER_CPU = "cpu-wallclock"
 COLUMNS = [
     "suite", "shape", "kind", "op", "dtype", "layout", "provider", "baseline", "impl_layout", "params",
     "ms", "ms_p20", "ms_p80", "flop", "bytes", "intensity", "tflops", "gbps",
-    "peak_tflops", "peak_gbps", "pct_peak", "speedup", "ms_graph", "speedup_graph", "host_us", "err", "tol", "ok", "note",
+    "peak_tflops", "peak_gbps", "pct_peak", "copy_gbps", "pct_copy", "speedup", "ms_graph", "speedup_graph", "host_us",
+    "err", "tol", "ok", "note",
     "run", "timer", "tf32", "device", "gpu", "torch", "triton", "cudnn", "commit", "timestamp", "command",
 ]
 
@@ -137,6 +138,20 @@ def wall_seconds(fn, calls, cuda):
     return time.perf_counter() - start
 
 
+COPY_BYTES = 1 << 28  # the copy that measures a GPU's reachable memory bandwidth: 256 MiB, far beyond L2
+COPY_CALLS = 20
+
+
+def copy_bandwidth(device, nbytes=COPY_BYTES, calls=COPY_CALLS):
+    """Measured GB/s of a device-to-device copy of ``nbytes``, counting bytes read and written:
+    the mean over ``calls`` back-to-back copies after three warm-up ones."""
+    src = torch.randn(nbytes // 4, device=device)
+    dst = torch.empty_like(src)
+    copy = lambda: dst.copy_(src)
+    wall_seconds(copy, 3, device == "cuda")
+    return 2 * src.numel() * 4 * calls / wall_seconds(copy, calls, device == "cuda") / 1e9
+
+
 def rel_error(ours, ref):
     """The largest relative L2 error over the outputs (y, or the gradients)."""
     worst = 0.0
@@ -177,6 +192,8 @@ class Case:
     def forward(self, lib):
         """The op from ``lib``: convtri, torch.nn.functional, or anything with their signatures."""
         s = self.shape
+        if s.kind == "conv" and s.dims == 1:
+            return lambda x, w: lib.conv1d(x, w, None, s.stride[1], s.padding[1], 1, s.groups)
         if s.kind == "conv":
             return lambda x, w: lib.conv2d(x, w, None, s.stride, s.padding, 1, s.groups)
         if s.op == "max":
@@ -187,16 +204,23 @@ class Case:
 
     def callable(self, forward, layout):
         """What is timed, with the inputs (and dy) in ``layout``."""
-        fmt = LAYOUTS[layout]
-        leaves = [t.contiguous(memory_format=fmt).requires_grad_(i in self.wrt) for i, t in enumerate(self.tensors)]
+        leaves = [in_layout(t, layout).requires_grad_(i in self.wrt) for i, t in enumerate(self.tensors)]
         wrt = [leaves[i] for i in self.wrt]
-        dy = self.dy.contiguous(memory_format=fmt)
+        dy = in_layout(self.dy, layout)
         if self.op == "fwd":
             return lambda: forward(*leaves)
         if self.op == "fwdbwd":
             return lambda: torch.autograd.grad(forward(*leaves), wrt, dy)
         y = forward(*leaves)
         return lambda: torch.autograd.grad(y, wrt, dy, retain_graph=True)
+
+
+def in_layout(t, layout):
+    """``t`` copied into ``layout``: a memory format for 4-D tensors; for 3-D ones (conv1d) nhwc is
+    channels fastest, a transposed (N, L, C) tensor."""
+    if t.dim() == 3 and layout == "nhwc":
+        return t.transpose(1, 2).contiguous().transpose(1, 2)
+    return t.contiguous(memory_format=LAYOUTS[layout]) if t.dim() == 4 else t.contiguous()
 
 
 def shape_ops(shape, ops):
@@ -231,6 +255,8 @@ class Sweep:
         self.args, self.env, self.sink = args, env, sink
         self.should_stop = should_stop or (lambda: False)
         self.peaks = gpu_peaks(env["gpu"]) if args.device == "cuda" else None
+        # memory-bound layers (depthwise, pooling) against what a copy reaches on this GPU
+        self.copy_gbps = copy_bandwidth("cuda") if args.device == "cuda" else math.nan
         self.graph = args.graph and args.device == "cuda"
         self.baselines = {}  # (shape, op, dtype) -> (layout, timing, graph timing) of the better baseline layout
         self.rows = []
@@ -329,7 +355,8 @@ class Sweep:
             pct = 100 * (tflops / peak_tflops if shape.kind == "conv" else gbps / peak_gbps)
         row = dict(base, provider=provider, impl_layout=impl_layout, ms=ms, ms_p20=timing[1], ms_p80=timing[2],
                    flop=flop, bytes=traffic, intensity=flop / traffic, tflops=tflops, gbps=gbps,
-                   peak_tflops=peak_tflops, peak_gbps=peak_gbps, pct_peak=pct, speedup=speedup,
+                   peak_tflops=peak_tflops, peak_gbps=peak_gbps, pct_peak=pct, copy_gbps=self.copy_gbps,
+                   pct_copy=100 * gbps / self.copy_gbps, speedup=speedup,
                    ms_graph=graph[0], speedup_graph=speedup_graph, host_us=(ms - graph[0]) * 1e3,
                    err=err, tol=tol, ok=ok, note=note, tf32=tf32, **self.env)
         self.rows.append(row)

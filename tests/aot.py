@@ -13,7 +13,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "perf"))
 import aot_report  # noqa: E402
 import shapes  # noqa: E402
 
-LAYERS = {shape.name: shape for shape in shapes.SUITES["all"]}
+LAYERS = aot_report.LAYERS
 
 
 def _meta(size, dtype, layout):
