@@ -313,20 +313,22 @@ WGRAD_SHAPES = [(32, 64, 4), (64, 32, 4), (128, 16, 4), (16, 64, 4), (32, 32, 4)
 # perf/results/aot/depthwise.md, triton 3.6 and 3.9): channels_last 3x3 forwards with 32
 # outputs per thread (576 bytes) took 192-245 registers without spills, 64 per thread spilled
 # 144 bytes; NCHW 3x3 tiles spilled from 16 outputs per thread, none at 8. Under triton 3.9's
-# ptxas (13.4) channels_last tiles of a single vector per thread spilled 216-272 bytes at 80
-# registers, where triton 3.6's took 104 and none: they need MIN_VECTORS per thread.
+# ptxas (13.4) these kernels spilled 8-272 bytes at 72-128 registers, where triton 3.6's (ptxas
+# 12.x) took 104-241 and none: given the block's thread count (.reqntid), ptxas 13 aims at an
+# occupancy and spills to reach it. MAX_REGISTERS (PTX .maxnreg) lets it use what it needs, as
+# ptxas 12 does, so that both compile alike.
 THREAD_BYTES = 576
 NCHW_COST = 4
-MIN_VECTORS = 2
+MAX_REGISTERS = 255
 # Taps a weight-gradient program accumulates: whole kernel rows of up to this many taps (a 3x3
-# window at once, 5x5 and 7x7 a row at a time), so that a tile of MIN_VECTORS fp16 vectors per
-# thread fits THREAD_BYTES of fp32 accumulators
+# window at once, 5x5 and 7x7 a row at a time), so that a tile of two fp16 vectors per thread
+# fits THREAD_BYTES of fp32 accumulators
 WGRAD_MAX_TAPS = 9
 KEY = ("N", "C", "H", "W", "K", "P", "Q", "R", "S", "SH", "SW", "C_G", "K_G", "CHANNELS_LAST")
 
 
 def _configs(shapes):
-    return [triton.Config({"BLOCK_A": a, "BLOCK_B": b}, num_warps=warps) for a, b, warps in shapes]
+    return [triton.Config({"BLOCK_A": a, "BLOCK_B": b}, num_warps=warps, maxnreg=MAX_REGISTERS) for a, b, warps in shapes]
 
 
 def depthwise_configs(capability):
@@ -345,21 +347,18 @@ def unrolled_taps(rows, columns):
 def _prune_to(axis_a, axis_b, tap_bytes):
     """Keep the tiles whose axes are no more than twice the extents they tile (at least 16 and 8
     wide) and that fit the register budget (THREAD_BYTES, with ``tap_bytes`` per element per
-    thread; MIN_VECTORS per thread along channels), and at least the smallest tile. The extents
-    and bytes are functions of the kernel's arguments."""
+    thread), and at least the smallest tile. The extents and bytes are functions of the
+    kernel's arguments."""
     def prune(configs, named_args, **kwargs):
         args = {**named_args, **kwargs}
         a, b = axis_a(args), axis_b(args)
         layout_cost = 1 if args["CHANNELS_LAST"] else NCHW_COST
-        vector = 16 // tap_bytes(args)[1]
 
         def fits(cfg):
             per_thread = cfg.kwargs["BLOCK_A"] * cfg.kwargs["BLOCK_B"] // (32 * cfg.num_warps)
-            cost, _ = tap_bytes(args)
             return (cfg.kwargs["BLOCK_A"] <= max(16, 2 * triton.next_power_of_2(a))
                     and cfg.kwargs["BLOCK_B"] <= max(8, 2 * triton.next_power_of_2(b))
-                    and per_thread * cost * layout_cost <= THREAD_BYTES
-                    and (not args["CHANNELS_LAST"] or per_thread >= MIN_VECTORS * vector))
+                    and per_thread * tap_bytes(args) * layout_cost <= THREAD_BYTES)
         kept = [cfg for cfg in configs if fits(cfg)]
         return kept or [min(configs, key=lambda cfg: cfg.kwargs["BLOCK_A"] * cfg.kwargs["BLOCK_B"])]
     return lambda capability: prune
@@ -372,19 +371,18 @@ def _fwd_axes(out_c, out_h, out_w):
 
 
 def _loaded(pointer, rows, columns, row_loop_cost=1.):
-    """(bytes an element of a tile loads per iteration of the tap loop, its dtype's size); a loop
-    over kernel rows (windows beyond UNROLLED_TAPS) counts each tap ``row_loop_cost`` times."""
+    """Bytes an element of a tile loads per iteration of the tap loop; a loop over kernel rows
+    (windows beyond UNROLLED_TAPS) counts each tap ``row_loop_cost`` times."""
     def loaded(a):
         taps = unrolled_taps(a[rows], a[columns])
         cost = row_loop_cost if taps < a[rows] * a[columns] else 1.
-        return a[pointer].dtype.itemsize * taps * cost, a[pointer].dtype.itemsize
+        return a[pointer].dtype.itemsize * taps * cost
     return loaded
 
 
 def _accumulated(a):
-    """(bytes of fp32 (fp64) accumulators an element of a weight-gradient tile holds, x's dtype's size)."""
-    itemsize = a["x_ptr"].dtype.itemsize
-    return max(4, itemsize) * a["TAP_ROWS"] * a["S"], itemsize
+    """Bytes of fp32 (fp64) accumulators an element of a weight-gradient tile holds."""
+    return max(4, a["x_ptr"].dtype.itemsize) * a["TAP_ROWS"] * a["S"]
 
 
 depthwise_fwd_prune = _prune_to(*_fwd_axes("K", "P", "Q"), _loaded("x_ptr", "R", "S"))

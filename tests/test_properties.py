@@ -131,6 +131,78 @@ def test_conv2d_matches_torch(case):
     check_against_torch(ours, theirs, (x, w, b), which(x, w, b), lengths)
 
 
+ACTIVATION_NAMES = [None, "relu", "sigmoid", "silu", "gelu", "gelu_tanh", "relu6"]
+TORCH_ACTIVATIONS = {None: lambda t: t, "relu": F.relu, "sigmoid": torch.sigmoid, "silu": F.silu, "gelu": F.gelu,
+                     "gelu_tanh": lambda t: F.gelu(t, approximate="tanh"), "relu6": F.relu6}
+
+
+@st.composite
+def depthwise_cases(draw):
+    """Depthwise conv2d (the direct kernels): groups = channels, a multiplier of 1 to 3, windows
+    up to 7x7, every padding mode, layout and activation."""
+    c, multiplier = draw(st.integers(1, 5)), draw(st.integers(1, 3))
+    shape = (draw(st.integers(1, 2)), c, draw(st.integers(1, 9)), draw(st.integers(1, 9)))
+    x = tensor(shape, draw(st.sampled_from(LAYOUTS)))
+    w = tensor((c * multiplier, 1, draw(st.integers(1, 7)), draw(st.integers(1, 7))), draw(st.sampled_from(LAYOUTS)))
+    kwargs = dict(stride=draw(pairs(1, 3)), padding=draw(st.one_of(st.sampled_from(["same", "valid"]), pairs(0, 3))),
+                  dilation=draw(pairs(1, 2)), groups=c)
+    mode = draw(st.sampled_from(["zeros", "zeros", "reflect", "replicate", "circular"]))
+    return x, w, bias(draw, c * multiplier), kwargs, mode, draw(st.sampled_from(ACTIVATION_NAMES))
+
+
+@given(depthwise_cases())
+def test_depthwise_conv2d_matches_torch(case):
+    x, w, b, kwargs, mode, activation = case
+    note(f"x {tuple(x.shape)} strides {x.stride()}, w {tuple(w.shape)} strides {w.stride()}, bias {b is not None}, "
+         f"{kwargs}, {mode}, {activation}")
+    conv = torch_conv2d(mode, kwargs, w)
+    assume(conv is not None)
+    theirs = lambda x, w, b: TORCH_ACTIVATIONS[activation](conv(x, w, b))
+    k, _, r, s = w.shape
+    lengths = lambda y: (r * s, k // kwargs["groups"] * r * s, *[y[:, 0].numel()] * 2)
+    ours = lambda x, w, b: convtri.conv2d(x, w, b, padding_mode=mode, activation=activation, **kwargs)
+    check_against_torch(ours, theirs, (x, w, b), which(x, w, b), lengths)
+
+
+@st.composite
+def conv1d_cases(draw):
+    """conv1d in every layout (contiguous, channels fastest, a strided view), groups (depthwise
+    included), padding forms and modes."""
+    groups = draw(st.integers(1, 3))
+    c_in, c_out = groups * draw(st.integers(1, 3)), groups * draw(st.integers(1, 3))
+    n, length = draw(st.integers(1, 2)), draw(st.integers(1, 12))
+    layout = draw(st.sampled_from(["contiguous", "channels_fastest", "sliced"]))
+    if layout == "channels_fastest":
+        x = torch.randn(n, length, c_in, dtype=torch.float64).transpose(1, 2)
+    elif layout == "sliced":
+        x = torch.randn(n, 2 * c_in, 2 * length, dtype=torch.float64)[:, ::2, ::2]
+    else:
+        x = torch.randn(n, c_in, length, dtype=torch.float64)
+    w = torch.randn(c_out, c_in // groups, draw(st.integers(1, 5)), dtype=torch.float64)
+    kwargs = dict(stride=draw(st.integers(1, 3)), dilation=draw(st.integers(1, 2)), groups=groups,
+                  padding=draw(st.one_of(st.sampled_from(["same", "valid"]), st.integers(0, 3))))
+    return x, w, bias(draw, c_out), kwargs, draw(st.sampled_from(["zeros", "zeros", "reflect", "circular"]))
+
+
+@given(conv1d_cases())
+def test_conv1d_matches_torch(case):
+    x, w, b, kwargs, mode = case
+    note(f"x {tuple(x.shape)} strides {x.stride()}, w {tuple(w.shape)}, bias {b is not None}, {kwargs}, {mode}")
+    k, c_per_group, r = w.shape
+    if mode == "zeros":
+        theirs = lambda x, w, b: F.conv1d(x, w, b, **kwargs)
+    else:
+        try:
+            module = torch.nn.Conv1d(c_per_group * kwargs["groups"], k, r, padding_mode=mode, dtype=torch.float64,
+                                     **kwargs)
+        except ERRORS:
+            assume(False)
+        theirs = lambda x, w, b: torch.func.functional_call(module, {"weight": w, "bias": b}, (x,))
+    lengths = lambda y: (c_per_group * r, k // kwargs["groups"] * r, *[y[:, 0].numel()] * 2)
+    ours = lambda x, w, b: convtri.conv1d(x, w, b, padding_mode=mode, **kwargs)
+    check_against_torch(ours, theirs, (x, w, b), which(x, w, b), lengths)
+
+
 @st.composite
 def conv_transpose2d_cases(draw):
     x, w, b, groups = conv_operands(draw, max_size=6, transposed=True)
