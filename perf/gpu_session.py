@@ -21,7 +21,8 @@ counts, autotune record, profile, summary), session.log (everything printed), te
 quick.csv, overhead.csv, lenet.csv, ncu.csv. CSVs are written row by row and session.json is
 rewritten after every stage, so a run cut short keeps what it measured. The measuring stages
 run in a worker process (and pytest and ncu in their own), killed when their share is spent;
-a crash there costs that stage, not the session. The last thing printed is the summary.
+a crash there costs that stage, not the session, and a worker whose CUDA context reports an
+error after a stage is replaced before the next. The last thing printed is the summary.
 """
 import argparse
 import csv
@@ -386,6 +387,12 @@ class Session:
             self.worker = None
             note = "stopped: its share was spent" if alive else f"failed: the worker exited with status {status}"
             result = dict(result, status="stopped" if alive else "failed", note=note)
+        error = result.pop("cuda_error", None)
+        if error and self.worker is not None:  # a sticky error would fail every later stage
+            self.worker.child.kill()
+            self.worker = None
+            result["note"] = "; ".join(filter(None, [result.get("note"), f"its CUDA context reports {error}: "
+                                                                         "the worker is replaced"]))
         if stage.name == "env":
             self.data["environment"] = result.pop("environment", {})
             self.data["ceilings"] = result.pop("ceilings", {})
@@ -890,6 +897,20 @@ def _median_ms(timing):
     return timing[0] if isinstance(timing, (list, tuple)) else timing
 
 
+def cuda_context_error(device):
+    """What the CUDA context reports when this process synchronises: None while it is healthy
+    (and on CPU). A kernel's fault (an illegal address, ...) leaves a sticky error that every
+    later CUDA call raises again."""
+    if device != "cuda":
+        return None
+    import torch
+    try:
+        torch.cuda.synchronize()
+    except Exception as e:
+        return short(e)
+    return None
+
+
 def worker_main(args):
     import torch
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
@@ -911,6 +932,7 @@ def worker_main(args):
             import traceback
             traceback.print_exc()
             result = dict(status="failed", note=f"failed: {short(e)}")
+        result["cuda_error"] = cuda_context_error(device)  # the session replaces a worker that has one
         write_json(os.path.join(args.scratch, f"{ctx.stage}.json"), plain(result))
         print(f"@@done {ctx.stage}", flush=True)
 

@@ -299,3 +299,48 @@ def test_plot_session_folder(tmp_path):
                      "| vgg_fwd | conv2d_fwd_kernel | 900 | 40 | 10 | 30 |"):
         assert expected in readme, expected
     assert "SMOKE" not in readme
+
+
+class FakeWorker:
+    """A worker whose stage ends with a sticky CUDA error (a kernel's illegal address)."""
+    started = []
+
+    def __init__(self, session):
+        self.session, self.info = session, dict(device="cuda")
+        self.child = SimpleNamespace(alive=lambda: True, kill=lambda: self.killed.append(True))
+        self.killed = []
+        FakeWorker.started.append(self)
+
+    def run(self, stage, deadline, **options):
+        error = "RuntimeError: CUDA error: an illegal memory access was encountered" if stage == "quick" else None
+        gpu_session.write_json(os.path.join(self.session.scratch, f"{stage}.json"),
+                               dict(status="ok", rows=3, cuda_error=error))
+        return True
+
+
+def test_a_worker_with_a_cuda_error_is_replaced(tmp_path, monkeypatch):
+    """A worker whose CUDA context reports an error after a stage is ended, and the next stage
+    starts a new one (a sticky error would fail all of its later stages)."""
+    monkeypatch.setattr(gpu_session, "Worker", FakeWorker)
+    FakeWorker.started.clear()
+    session = gpu_session.Session(gpu_session.parse_args(["--device", "cuda", "--out", str(tmp_path), "--no-install"]))
+    stages = {s.name: s for s in gpu_session.STAGES}
+    session.run_stage(stages["quick"], gpu_session.now() + 5)
+    assert session.worker is None and FakeWorker.started[0].killed == [True]
+    assert session.data["stages"]["quick"]["note"] == ("its CUDA context reports RuntimeError: CUDA error: an illegal "
+                                                       "memory access was encountered: the worker is replaced")
+    assert session.data["quick"] == dict(status="ok", rows=3, note=session.data["stages"]["quick"]["note"])
+    session.run_stage(stages["overhead"], gpu_session.now() + 5)
+    assert len(FakeWorker.started) == 2 and session.worker is FakeWorker.started[1]  # healthy: kept
+    session.log_file.close()
+
+
+def test_cuda_context_error(monkeypatch):
+    """The worker's check after each stage: a sticky error makes every CUDA call raise."""
+    def sticky():
+        raise RuntimeError("CUDA error: an illegal memory access was encountered\nCUDA kernel errors ...")
+    monkeypatch.setattr(torch.cuda, "synchronize", sticky)
+    assert gpu_session.cuda_context_error("cuda") == "RuntimeError: CUDA error: an illegal memory access was encountered"
+    assert gpu_session.cuda_context_error("cpu") is None
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    assert gpu_session.cuda_context_error("cuda") is None
