@@ -22,7 +22,8 @@ quick.csv, overhead.csv, lenet.csv, ncu.csv. CSVs are written row by row and ses
 rewritten after every stage, so a run cut short keeps what it measured. The measuring stages
 run in a worker process (and pytest and ncu in their own), killed when their share is spent;
 a crash there costs that stage, not the session, and a worker whose CUDA context reports an
-error after a stage is replaced before the next. The last thing printed is the summary.
+error after a stage is replaced before the next. A failed install stops the session with a
+one-line reason. The last thing printed is the summary.
 """
 import argparse
 import csv
@@ -75,6 +76,7 @@ COMPILE_WRAP_UP_S = 3.0  # perf/precompile.py's time to stop its workers and wri
 MIN_STAGE_S = 0.5  # a stage with less time than this is skipped
 KILL_WAIT_S = 5.0  # how long a killed child may take to go
 INSTALL_TIMEOUT_S = 120
+INSTALL = ["-m", "pip", "install", "--no-deps", "--no-build-isolation", "-e", "."]
 SUMMARY_MAX_LINES = 60
 FAILURES_LISTED = 6
 FILES = {"session": "session.json", "log": "session.log", "tests": "tests.csv", "quick": "quick.csv",
@@ -331,13 +333,17 @@ class Session:
                 self.save()
         except KeyboardInterrupt:
             self.log("== interrupted")
+        except SessionStopped as e:
+            self.data["stopped"] = str(e)
+            self.log(f"== stopped: {e}")
         finally:
             self.finish()
         return self.data
 
     def install(self):
         """``pip install --no-deps --no-build-isolation -e .`` unless this checkout's convtri is
-        already what Python imports (or --no-install)."""
+        already what Python imports (or --no-install). Nothing imports convtri without it: a
+        failed install stops the session (SessionStopped, with pip's last line)."""
         spec = importlib.util.find_spec("convtri")
         here = os.path.join(REPO, "convtri", "__init__.py")
         if self.args.no_install or (spec and spec.origin and os.path.exists(spec.origin)
@@ -346,16 +352,25 @@ class Session:
                                         if not self.args.no_install else "--no-install")
             return
         t = now()
-        cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-e", "."]
+        cmd = [sys.executable, *INSTALL]
         self.log("== install: " + " ".join(cmd[2:]))
+        printed = []
+
+        def keep(line):  # and log it
+            printed.append(line.strip())
+            return False
         try:
-            child = Child(cmd, self.log)
+            child = Child(cmd, self.log, on_line=keep)
             status = child.wait(min(self.end, now() + INSTALL_TIMEOUT_S))
             if status is None:
                 child.kill()
         except OSError as e:
             status = short(e)
         self.data["install"] = dict(ran=True, status=status, seconds=round(now() - t, 1))
+        if status != 0:
+            said = next((line for line in reversed(printed) if line), "")
+            raise SessionStopped(f"pip install failed ({'timed out' if status is None else f'status {status}'})"
+                                 + (f": {said[:200]}" if said else ""))
 
     def run_stage(self, stage, deadline):
         started, window = now(), deadline - now()
@@ -483,6 +498,10 @@ class Session:
         shutil.rmtree(self.scratch, ignore_errors=True)
 
 
+class SessionStopped(Exception):
+    """Nothing later can run (the install failed): the session writes what it has and ends."""
+
+
 def count_outcomes(rows, selected):
     """Counts per outcome over the streamed rows (a test's worst outcome wins), the failures
     by node id, and how many selected tests never reported."""
@@ -582,6 +601,8 @@ def summary_lines(data, out):
     env, ceil = data.get("environment") or {}, data.get("ceilings") or {}
     lines = ["", "=" * 100, f"SUMMARY gpu_session {'(CPU SMOKE: nothing here is a measurement) ' if data.get('smoke') else ''}"
              f"{data.get('elapsed_s', 0):.0f} s of {data.get('budget_s', 0):.0f} s budget"]
+    if data.get("stopped"):
+        lines.append(f"STOPPED: {data['stopped']}")
     lines.append(f"device: {env.get('gpu', '?')} | SMs {env.get('sm_count', '-')} | driver {env.get('driver', '-')} | "
                  f"torch {env.get('torch', '-')} | triton {env.get('triton', '-')} | cuDNN {env.get('cudnn', '-')} | "
                  f"commit {env.get('commit', '?')} | sources {str(env.get('source_sha256', '?'))[:12]}")
@@ -995,4 +1016,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    session = main()
+    sys.exit(1 if isinstance(session, dict) and session.get("stopped") else 0)

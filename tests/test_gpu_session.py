@@ -344,3 +344,19 @@ def test_cuda_context_error(monkeypatch):
     assert gpu_session.cuda_context_error("cpu") is None
     monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
     assert gpu_session.cuda_context_error("cuda") is None
+
+
+def test_failed_install_stops_the_session(tmp_path, monkeypatch, capsys):
+    """Nothing imports convtri without the install: its failure ends the session at once, with
+    a one-line reason, after writing what it has (session.json, the log, the summary)."""
+    monkeypatch.setattr(gpu_session.importlib.util, "find_spec", lambda name: None)  # convtri not importable here
+    monkeypatch.setattr(gpu_session, "INSTALL", ["-c", "print('Processing /repo'); print('ERROR: Could not build "
+                                                       "wheels for convtri'); raise SystemExit(1)"])
+    data = gpu_session.Session(gpu_session.parse_args(["--device", "cpu", "--smoke", "--out", str(tmp_path)])).run()
+    reason = "pip install failed (status 1): ERROR: Could not build wheels for convtri"
+    assert data["stopped"] == reason and data["stages"] == {} and data["finished"]
+    assert data["install"]["status"] == 1
+    saved = json.loads((tmp_path / "session.json").read_text())
+    assert saved["stopped"] == reason and f"STOPPED: {reason}" in saved["summary"]
+    _printed_last(capsys.readouterr().out, saved["summary"])
+    assert f"== stopped: {reason}" in (tmp_path / "session.log").read_text()
