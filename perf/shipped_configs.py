@@ -34,7 +34,6 @@ finds them in Triton's cache.
 """
 import argparse
 import contextlib
-import csv
 import math
 import os
 import sys
@@ -56,7 +55,7 @@ TESTS_DIR = os.path.join(os.path.dirname(PERF_DIR), "tests")
 sys.path.insert(0, PERF_DIR)
 sys.path.insert(0, TESTS_DIR)
 import aot_report  # noqa: E402
-from gpu_session import cuda_context_error  # noqa: E402
+from gpu_session import cuda_context_error, read_csv  # noqa: E402
 import test_conv2d  # noqa: E402  (the tests' reduction lengths)
 import test_conv_transpose2d  # noqa: E402
 import test_pool2d  # noqa: E402
@@ -425,7 +424,8 @@ def native_table(capability):
 
 def cases(problems, device):
     """(problem, dtype) pairs: each problem's ``dtypes`` on CPU, NATIVE_DTYPES on a GPU."""
-    return [(problem, dtype) for problem in problems for dtype in (NATIVE_DTYPES if device == "cuda" else problem.dtypes)]
+    return [(problem, dtype) for problem in problems
+            for dtype in (NATIVE_DTYPES if device == "cuda" else problem.dtypes)]
 
 
 def run_table(pairs, device, on_row=lambda row: None, should_stop=lambda: False, done=None, smoke=False,
@@ -490,8 +490,12 @@ def git_commit():
 # ----------------------------------------------------------------------------- on meta tensors
 
 def meta_like(t):
-    """A meta tensor of ``t``'s sizes and strides."""
-    return None if t is None else torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta")
+    """A meta tensor of ``t``'s sizes, strides and storage offset (Triton specialises on a
+    pointer's alignment, and a meta tensor's sits at its offset from 0)."""
+    if t is None:
+        return None
+    storage = torch.empty(t.untyped_storage().nbytes() // t.element_size(), dtype=t.dtype, device="meta")
+    return storage.as_strided(t.shape, t.stride(), t.storage_offset())
 
 
 def meta_launches(problem, dtype, target, tf32=True):
@@ -547,7 +551,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     import sweep
     start = time.perf_counter()
-    done = {(r["problem"], r["dtype"], r["round"]): r["status"] for r in (read_rows(args.csv) if args.resume else [])}
+    done = {(r["problem"], r["dtype"], r["round"]): r["status"] for r in (read_csv(args.csv) if args.resume else [])}
     names = args.problems or (SMOKE_PROBLEMS if args.smoke else None)
     problems = [problem_named(name) for name in names] if names else PROBLEMS
     stop = (lambda: time.perf_counter() - start > args.seconds) if args.seconds else (lambda: False)
@@ -569,14 +573,6 @@ def main(argv=None):
         print(f"  {r['status']}: {r['problem']} {r['dtype']} {r['round']}: {r['outputs']} {r['note']}")
     print("@@stopped" if stop() else "@@finished", flush=True)
     return 1 if bad else 0
-
-
-def read_rows(path):
-    try:
-        with open(path, newline="") as f:
-            return list(csv.DictReader(f))
-    except OSError:
-        return []
 
 
 if __name__ == "__main__":
