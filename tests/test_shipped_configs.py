@@ -15,6 +15,7 @@ import pkgutil
 import sys
 
 import pytest
+import torch
 from triton.runtime.jit import JITFunction
 
 import convtri.kernels
@@ -37,6 +38,26 @@ def test_every_config_matches_torch(problem, dtype):
     assert not failed, "\n".join(failed)
     # it ran exactly what the problem's plan on an H100 (meta tensors) launches, each config of each launch
     assert executed[problem.name, dtype] == table.planned(problem, dtype)
+
+
+@pytest.mark.parametrize("name", ["even_blocks", "masked_groups", "split_wgrad", "max3x3s2_nchw"])
+def test_cpu_plans_are_the_gpus(name):
+    """The interpreter runs an H100's plan: the launches a GPU makes (relayouts, wgrad's split and
+    its sums), their fixed blocks, flags (EVEN_BLOCKS against MAX_BLOCK_K) and scalars, equal to
+    those the plan on meta tensors makes; in float64 UPCAST and PRECISION agree too."""
+    problem = table.problem_named(name)
+    dtype = problem.dtypes[-1]
+    tensors = problem.tensors(dtype, "cpu", torch.Generator().manual_seed(0))
+    recorded = []
+    with table.planned_as_on(table.CPU_TARGET), table.intercepting(lambda launch, _: recorded.append(launch)):
+        leaves = [t.requires_grad_() for t in tensors]
+        y = table.OPS[problem.op][0](*leaves, **problem.kwargs)
+        torch.autograd.grad(y, leaves, torch.empty_like(y))  # nothing runs: the launches are recorded
+    gpu = [launch for launch, _ in table.meta_launches(problem, dtype, table.CPU_TARGET, tf32=False)]
+    fields = lambda launch: (launch.kernel.__name__, launch.scalars, launch.blocks, launch.meta)
+    assert list(map(fields, recorded)) == list(map(fields, gpu))
+    if name == "even_blocks":
+        assert all(launch.meta["EVEN_BLOCKS"] for launch in recorded if "EVEN_BLOCKS" in launch.meta)
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +86,8 @@ def test_every_gemm_config_is_forced(launches):
 def test_every_kernel_is_launched(launches):
     """Every kernel in kernels/ is launched by a problem of the table: a new kernel joins it with
     a problem (perf/shipped_configs.py's PROBLEMS) that launches it."""
-    modules = [importlib.import_module(f"convtri.kernels.{m.name}") for m in pkgutil.iter_modules(convtri.kernels.__path__)]
+    modules = [importlib.import_module(f"convtri.kernels.{module.name}")
+               for module in pkgutil.iter_modules(convtri.kernels.__path__)]
     kernels = {name for module in modules for name, value in vars(module).items()
                if isinstance(value, JITFunction) and name.endswith("_kernel")}
     assert kernels - {launch.kernel.__name__ for _, launch in launches} == set()
