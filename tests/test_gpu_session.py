@@ -301,6 +301,8 @@ def test_plot_session_folder(tmp_path):
                    environment=dict(gpu="NVIDIA H200", slug="nvidia-h200", commit="0" * 40, sm_count=132),
                    ceilings=dict(copy_gbps=4300, matmul_tflops=790, matmul="bfloat16 8192^3 matmul"),
                    tests=dict(select="full on cuda", passed=10, failed=1, failures=["tests/test_conv2d.py::test_x[cuda]"]),
+                   configs=dict(rounds=837, problems=20, ok=836, mismatch=1, failed=0,
+                                failures=["mismatch conv2d_fwd_kernel 128x256x64 GROUP_M=8 w8 s3: even_blocks fp16 y"]),
                    autotune=dict(source="triton Autotuner.run wrapper", records=[record]))
     (folder / "session.json").write_text(json.dumps(session))
     out = tmp_path / "results"
@@ -311,7 +313,9 @@ def test_plot_session_folder(tmp_path):
     assert {"session.json", "quick.csv", "overhead.csv", "lenet.csv", "tests.csv", "ncu.csv"} <= {p.name for p in out.iterdir()}
     readme = (out / "README.md").read_text()
     for expected in ("# convtri GPU session: NVIDIA H200", "SUMMARY line", "4300 GB/s", "790 TFLOP/s",
-                     "FAILED `tests/test_conv2d.py::test_x[cuda]`", "Graph replay:", "| conv2d | bwd | eager | 90.0 | 30.0 | 3.00 | 3 / 1 |",
+                     "FAILED `tests/test_conv2d.py::test_x[cuda]`", "Graph replay:",
+                     "837 rounds over 20 problem/dtype pairs: 836 ok, 1 mismatched, 0 failed",
+                     "- mismatch conv2d_fwd_kernel 128x256x64 GROUP_M=8 w8 s3: even_blocks fp16 y", "| conv2d | bwd | eager | 90.0 | 30.0 | 3.00 | 3 / 1 |",
                      "| d2l | torch-compile | - |", "| vgg16_56_256to256 fwd fp16 nhwc | conv2d_fwd_kernel | BLOCK_M: 64 | 2 | 0.5000 | 0.9000 |",
                      "| vgg_fwd | conv2d_fwd_kernel | 900 | 40 | 10 | 30 |"):
         assert expected in readme, expected
