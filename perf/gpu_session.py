@@ -6,8 +6,12 @@
 Stages, in order, each with a share of the budget (plus what earlier stages left unused):
   env       GPU, SMs, clocks, driver, versions, commit; measured ceilings: device-to-device
             copy (GB/s, read + write) and a bf16 8192^3 matmul (TFLOP/s), on random data
-  compile   every kernel config the quick suite will autotune, compiled over all CPU cores into
-            Triton's cache (perf/precompile.py), where the autotuner would compile them one by one
+  compile   every kernel config the configs stage forces and the quick suite will autotune,
+            compiled over all CPU cores into Triton's cache (perf/precompile.py), where the
+            autotuner would compile them one by one
+  configs   every shipped kernel config forced on small problems, at every warp and stage count
+            the autotuner can pick on this GPU, against torch in float64 (perf/shipped_configs.py,
+            in a process of its own, restarted where a kernel breaks its CUDA context)
   tests     pytest: the CUDA parity subset, then every `gpu`-marked test, then float64 parity
             (perf/pytest_stream.py selects them and streams one CSV row per test)
   quick     the quick suite, eager and CUDA-graph replay, against cuDNN / torch (perf/sweep.py)
@@ -17,11 +21,13 @@ Stages, in order, each with a share of the budget (plus what earlier stages left
   ncu       Nsight Compute on three kernels: SM, DRAM and tensor-pipe utilisation
 
 Output (at most 8 files, none in folders): session.json (environment, ceilings, stages, test
-counts, autotune record, profile, summary), session.log (everything printed), tests.csv,
-quick.csv, overhead.csv, lenet.csv, ncu.csv. CSVs are written row by row and session.json is
-rewritten after every stage, so a run cut short keeps what it measured. The measuring stages
-run in a worker process (and pytest and ncu in their own), killed when their share is spent;
-a crash there costs that stage, not the session. The last thing printed is the summary.
+counts, autotune record, profile, summary), session.log (everything printed), configs.csv,
+tests.csv, quick.csv, overhead.csv, lenet.csv, ncu.csv. CSVs are written row by row and
+session.json is rewritten after every stage, so a run cut short keeps what it measured. The
+measuring stages run in a worker process (and the configs runner, pytest and ncu in their
+own), killed when their share is spent; a crash there costs that stage, not the session, and a
+worker whose CUDA context reports an error after a stage is replaced before the next. A failed
+install stops the session with a one-line reason. The last thing printed is the summary.
 """
 import argparse
 import csv
@@ -56,13 +62,15 @@ class Stage:
 
 STAGES = [
     Stage("env", 0.05, "worker"),
-    Stage("compile", 0.12, "compile", needs_cuda=True),  # the quick suite: ~550 compiles (sm_90)
-    Stage("tests", 0.18, "tests"),
-    Stage("quick", 0.34, "worker"),
+    # the configs table's ~900 compiles, then the quick suite's ~550 (sm_90); about 0.6 s each over 16 cores
+    Stage("compile", 0.17, "compile", needs_cuda=True),
+    Stage("configs", 0.05, "configs"),  # ~840 small runs (sm_90) from Triton's cache, each checked on the CPU
+    Stage("tests", 0.16, "tests"),
+    Stage("quick", 0.30, "worker"),
     Stage("overhead", 0.07, "worker"),
-    Stage("lenet", 0.11, "worker"),
+    Stage("lenet", 0.09, "worker"),
     Stage("autotune", 0.01, "autotune", needs_cuda=True),
-    Stage("ncu", 0.12, "ncu", needs_cuda=True),
+    Stage("ncu", 0.10, "ncu", needs_cuda=True),
 ]
 DEFAULT_BUDGET_S = 480
 RESERVE = (2.0, 10.0, 0.02)  # seconds kept for the summary: min, max, fraction of the budget
@@ -76,8 +84,13 @@ KILL_WAIT_S = 5.0  # how long a killed child may take to go
 INSTALL_TIMEOUT_S = 120
 SUMMARY_MAX_LINES = 60
 FAILURES_LISTED = 6
-FILES = {"session": "session.json", "log": "session.log", "tests": "tests.csv", "quick": "quick.csv",
-         "overhead": "overhead.csv", "lenet": "lenet.csv", "ncu": "ncu.csv"}
+CONFIGS_LISTED = 3  # lines of failing configs in the summary
+FILES = {"session": "session.json", "log": "session.log", "configs": "configs.csv", "tests": "tests.csv",
+         "quick": "quick.csv", "overhead": "overhead.csv", "lenet": "lenet.csv", "ncu": "ncu.csv"}
+SHIPPED_CONFIGS = os.path.join(PERF_DIR, "shipped_configs.py")  # the configs stage's runner
+STICKY_EXIT = 3  # its exit status when a kernel broke its CUDA context (shipped_configs.STICKY_EXIT)
+MAX_RESTARTS = 20  # of the configs runner within its share
+INSTALL = ["-m", "pip", "install", "--no-deps", "--no-build-isolation", "-e", "."]
 SOURCE_DIRS = ("convtri", "kernels", "perf", "tests")
 
 # The quick stage's sweep: do_bench settings as the first H100 session used.
@@ -299,8 +312,8 @@ class Session:
         self.end = self.start + args.budget_s - reserve
         self.data = dict(command=" ".join(["python3", "perf/gpu_session.py", *args.argv]), started=iso(self.start),
                          budget_s=args.budget_s, smoke=args.smoke, finished=False, environment={}, ceilings={},
-                         stages={}, compile={}, tests={}, quick={}, overhead={}, lenet={}, autotune={}, ncu={},
-                         files=[])
+                         stages={}, compile={}, configs={}, tests={}, quick={}, overhead={}, lenet={}, autotune={},
+                         ncu={}, files=[])
 
     # -- output
 
@@ -330,13 +343,17 @@ class Session:
                 self.save()
         except KeyboardInterrupt:
             self.log("== interrupted")
+        except SessionStopped as e:
+            self.data["stopped"] = str(e)
+            self.log(f"== stopped: {e}")
         finally:
             self.finish()
         return self.data
 
     def install(self):
         """``pip install --no-deps --no-build-isolation -e .`` unless this checkout's convtri is
-        already what Python imports (or --no-install)."""
+        already what Python imports (or --no-install). Nothing imports convtri without it: a
+        failed install stops the session (SessionStopped, with pip's last line)."""
         spec = importlib.util.find_spec("convtri")
         here = os.path.join(REPO, "convtri", "__init__.py")
         if self.args.no_install or (spec and spec.origin and os.path.exists(spec.origin)
@@ -345,16 +362,25 @@ class Session:
                                         if not self.args.no_install else "--no-install")
             return
         t = now()
-        cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-e", "."]
+        cmd = [sys.executable, *INSTALL]
         self.log("== install: " + " ".join(cmd[2:]))
+        printed = []
+
+        def keep(line):  # and log it
+            printed.append(line.strip())
+            return False
         try:
-            child = Child(cmd, self.log)
+            child = Child(cmd, self.log, on_line=keep)
             status = child.wait(min(self.end, now() + INSTALL_TIMEOUT_S))
             if status is None:
                 child.kill()
         except OSError as e:
             status = short(e)
         self.data["install"] = dict(ran=True, status=status, seconds=round(now() - t, 1))
+        if status != 0:
+            said = next((line for line in reversed(printed) if line), "")
+            raise SessionStopped(f"pip install failed ({'timed out' if status is None else f'status {status}'})"
+                                 + (f": {said[:200]}" if said else ""))
 
     def run_stage(self, stage, deadline):
         started, window = now(), deadline - now()
@@ -386,6 +412,12 @@ class Session:
             self.worker = None
             note = "stopped: its share was spent" if alive else f"failed: the worker exited with status {status}"
             result = dict(result, status="stopped" if alive else "failed", note=note)
+        error = result.pop("cuda_error", None)
+        if error and self.worker is not None:  # a sticky error would fail every later stage
+            self.worker.child.kill()
+            self.worker = None
+            result["note"] = "; ".join(filter(None, [result.get("note"), f"its CUDA context reports {error}: "
+                                                                         "the worker is replaced"]))
         if stage.name == "env":
             self.data["environment"] = result.pop("environment", {})
             self.data["ceilings"] = result.pop("ceilings", {})
@@ -429,12 +461,51 @@ class Session:
         return dict(status="ok" if status in (0, 1) else "failed",
                     note="" if status in (0, 1) else f"pytest exited with status {status}")
 
+    def stage_configs(self, stage, deadline):
+        """perf/shipped_configs.py in a process of its own, writing configs.csv row by row. Where a
+        kernel breaks its CUDA context (it writes that round's row and exits with STICKY_EXIT) or
+        the process dies in a round (the session writes the row), it starts again, skipping the
+        rounds that have a row; one that ends before its first round is not started again."""
+        device, path = self.device_or_guess(), self.path["configs"]
+        runs, status, seen = 0, None, {}
+        while runs <= MAX_RESTARTS and deadline - now() - GRACE_S >= MIN_STAGE_S:
+            runs += 1
+            cmd = [sys.executable, SHIPPED_CONFIGS, "--device", device, "--csv", path, "--resume",
+                   "--seconds", f"{deadline - now() - GRACE_S:.1f}"] + (["--smoke"] if self.smoke else [])
+            seen.clear()
+
+            def on_line(line):  # "@@round <id>" as each round starts; "@@finished" or "@@stopped" at the end
+                if line.startswith("@@"):
+                    seen["end" if line.startswith(("@@finished", "@@stopped")) else "round"] = line.split(" ", 1)[-1]
+                return line.startswith(("@@round ", "@@finished", "@@stopped"))
+            child = Child(cmd, self.log, on_line=on_line)
+            status = child.wait(deadline)
+            if status is None:
+                child.kill()
+            child.thread.join(timeout=KILL_WAIT_S)  # every line it printed read
+            if status is None or "end" in seen or "round" not in seen:  # out of time, done, or it cannot start
+                break
+            if status != STICKY_EXIT:
+                append_failed_round(path, seen["round"].strip(), device, f"the process died (status {status})")
+        rows = read_csv(path)
+        counts = {outcome: sum(r["status"] == outcome for r in rows) for outcome in ("ok", "mismatch", "failed")}
+        self.data["configs"] = dict(counts, rounds=len(rows), restarts=max(runs - 1, 0), runner_status=status,
+                                    problems=len({(r["problem"], r["dtype"]) for r in rows}),
+                                    failures=failing_configs(rows))
+        note = (f"{len(rows)} rounds, {counts['mismatch']} mismatched, {counts['failed']} failed"
+                + (f", {runs - 1} restarts" if runs > 1 else ""))
+        if seen.get("end", "").startswith("@@finished"):
+            return dict(status="ok", note=note)
+        if status is None or "end" in seen:
+            return dict(status="stopped", note=f"stopped: its share was spent; {note}")
+        return dict(status="failed", note=f"the runner exited with status {status}; {note}")
+
     def stage_compile(self, stage, deadline):
-        """perf/precompile.py over the quick suite, stopping itself before ``deadline``."""
+        """perf/precompile.py over the configs table and the quick suite, stopping itself before ``deadline``."""
         result_path = os.path.join(self.scratch, "compile.json")
         seconds = deadline - now() - GRACE_S - COMPILE_WRAP_UP_S
-        cmd = [sys.executable, os.path.join(PERF_DIR, "precompile.py"), "--suite", "quick", "--json", result_path,
-               "--seconds", f"{seconds:.1f}"]
+        cmd = [sys.executable, os.path.join(PERF_DIR, "precompile.py"), "--suite", "quick", "--configs",
+               "--json", result_path, "--seconds", f"{seconds:.1f}"]
         env = self.data["environment"]
         if env.get("capability") and env.get("sm_count"):  # as the env stage found the GPU
             major, minor = env["capability"].split(".")
@@ -474,6 +545,39 @@ class Session:
         self.log("\n".join(lines))
         self.log_file.close()
         shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def failing_configs(rows):
+    """A line per config (kernel and config, or the reference round) with a round of configs.csv
+    that failed or mismatched: in which problems and dtypes, and what was off."""
+    grouped = {}
+    for r in rows:
+        if r["status"] != "ok":
+            config = r["round"].split(" ", 1)[1] if r["round"].startswith("#") else r["round"]
+            grouped.setdefault(config, []).append(r)
+    return [f"{'/'.join(sorted({r['status'] for r in bad}))} {config}: " + "; ".join(
+        f"{r['problem']} {r['dtype']} {r.get('outputs') or r.get('note') or ''}".strip() for r in bad)
+        for config, bad in grouped.items()]
+
+
+class SessionStopped(Exception):
+    """Nothing later can run (the install failed): the session writes what it has and ends."""
+
+
+def append_failed_round(path, ident, device, note):
+    """A configs.csv row for the round ``ident`` ("problem / dtype / round") that killed its runner."""
+    problem, dtype, round_ = ident.split(" / ", 2)
+    row = dict(problem=problem, dtype=dtype, round=round_, status="failed", note=note, device=device)
+    try:
+        with open(path, newline="") as f:
+            columns = next(csv.reader(f), None)
+    except OSError:
+        columns = None
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, columns or list(row), extrasaction="ignore")
+        if not columns:
+            writer.writeheader()
+        writer.writerow(row)
 
 
 def count_outcomes(rows, selected):
@@ -575,6 +679,8 @@ def summary_lines(data, out):
     env, ceil = data.get("environment") or {}, data.get("ceilings") or {}
     lines = ["", "=" * 100, f"SUMMARY gpu_session {'(CPU SMOKE: nothing here is a measurement) ' if data.get('smoke') else ''}"
              f"{data.get('elapsed_s', 0):.0f} s of {data.get('budget_s', 0):.0f} s budget"]
+    if data.get("stopped"):
+        lines.append(f"STOPPED: {data['stopped']}")
     lines.append(f"device: {env.get('gpu', '?')} | SMs {env.get('sm_count', '-')} | driver {env.get('driver', '-')} | "
                  f"torch {env.get('torch', '-')} | triton {env.get('triton', '-')} | cuDNN {env.get('cudnn', '-')} | "
                  f"commit {env.get('commit', '?')} | sources {str(env.get('source_sha256', '?'))[:12]}")
@@ -584,9 +690,11 @@ def summary_lines(data, out):
                                          for name, s in (data.get("stages") or {}).items()))
     compiled = data.get("compile") or {}
     if compiled:
-        lines.append(f"compile: {compiled['compiled']} of {compiled['units']} quick-suite kernels precompiled for "
-                     f"sm_{compiled['arch']} over {compiled['jobs']} processes in {compiled['seconds']} s"
+        lines.append(f"compile: {compiled['compiled']} of {compiled['units']} kernels "
+                     f"({compiled.get('table_units', 0)} of the configs table, then the quick suite's) precompiled "
+                     f"for sm_{compiled['arch']} over {compiled['jobs']} processes in {compiled['seconds']} s"
                      f"{'' if compiled['finished'] else ' (stopped: the rest compiled when first called)'}")
+    lines += _configs_lines(data.get("configs") or {})
     lines += _tests_lines(data.get("tests") or {})
     lines += _quick_lines(read_csv(os.path.join(out, FILES["quick"])))
     lines += _overhead_lines(read_csv(os.path.join(out, FILES["overhead"])))
@@ -610,6 +718,21 @@ def _fmt(v, spec=".3g"):
 def _ratio(v):
     v = finite(v)
     return "-" if math.isnan(v) or v <= 0 else f"{v:.3g}x"
+
+
+def _configs_lines(configs):
+    """The configs stage's counts and, in at most CONFIGS_LISTED lines, the configs that failed or mismatched."""
+    if not configs:
+        return ["configs: not run"]
+    lines = [f"configs (every shipped config forced, perf/shipped_configs.py): {configs['rounds']} rounds over "
+             f"{configs['problems']} problem/dtype pairs: {configs['ok']} ok, {configs['mismatch']} mismatched, "
+             f"{configs['failed']} failed" + (f", {configs['restarts']} restarts" if configs.get("restarts") else "")]
+    failures = configs.get("failures") or []
+    shown = failures if len(failures) <= CONFIGS_LISTED else failures[:CONFIGS_LISTED - 1]
+    lines += [f"  {failure[:160]}" for failure in shown]
+    if len(failures) > len(shown):
+        lines.append(f"  ... and {len(failures) - len(shown)} more configs (session.json, configs.csv)")
+    return lines
 
 
 def _tests_lines(tests):
@@ -885,6 +1008,20 @@ def _median_ms(timing):
     return timing[0] if isinstance(timing, (list, tuple)) else timing
 
 
+def cuda_context_error(device):
+    """What the CUDA context reports when this process synchronises: None while it is healthy
+    (and on CPU). A kernel's fault (an illegal address, ...) leaves a sticky error that every
+    later CUDA call raises again."""
+    if device != "cuda":
+        return None
+    import torch
+    try:
+        torch.cuda.synchronize()
+    except Exception as e:
+        return short(e)
+    return None
+
+
 def worker_main(args):
     import torch
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
@@ -906,6 +1043,7 @@ def worker_main(args):
             import traceback
             traceback.print_exc()
             result = dict(status="failed", note=f"failed: {short(e)}")
+        result["cuda_error"] = cuda_context_error(device)  # the session replaces a worker that has one
         write_json(os.path.join(args.scratch, f"{ctx.stage}.json"), plain(result))
         print(f"@@done {ctx.stage}", flush=True)
 
@@ -968,4 +1106,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    session = main()
+    sys.exit(1 if isinstance(session, dict) and session.get("stopped") else 0)

@@ -488,7 +488,7 @@ def write_readme(rows, out_dir, pngs, csv_names):
 
 # ----------------------------------------------------------------------------- GPU sessions
 
-SESSION_CSVS = ("quick.csv", "overhead.csv", "lenet.csv", "tests.csv", "ncu.csv")
+SESSION_CSVS = ("quick.csv", "overhead.csv", "lenet.csv", "tests.csv", "ncu.csv", "configs.csv")
 SESSION_FILES = ("session.json", "session.log") + SESSION_CSVS
 GRAPH_COLORS = {"eager": "tab:blue", "graph": "tab:green"}
 PROVIDER_HATCH = {"convtri": None, "torch": "//"}
@@ -656,6 +656,12 @@ def session_readme(session, out_dir, pngs):
                                                     ("skipped", "skipped"), ("not_run", "not run"))) +
         f" of {tests.get('selected', 0)} selected (`tests.csv`: one row per outcome).", ""]
     parts += [f"- FAILED `{nodeid}`" for nodeid in tests.get("failures", [])] + [""]
+    configs = session.get("configs") or {}
+    parts += ["## Every shipped config, forced (`perf/shipped_configs.py`)", "", (
+        f"{configs['rounds']} rounds over {configs['problems']} problem/dtype pairs: {configs['ok']} ok, "
+        f"{configs['mismatch']} mismatched, {configs['failed']} failed (`configs.csv`: one row per round)."
+        if configs else "Not run."), ""]
+    parts += [f"- {failure}" for failure in configs.get("failures", [])] + [""]
     parts += _readme_quick(rows["quick"], pngs)
     parts += _readme_overhead(rows["overhead"])
     parts += ["## LeNet training step", "", "Batch 256 of 1x28x28, forward, cross-entropy, backward, SGD (fp32).", "",

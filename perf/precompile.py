@@ -17,6 +17,10 @@ asks the driver nothing but its target, ``GPUTarget("cuda", arch, 32)`` as Trito
 builds it from the device's capability: the workers are given that target and never touch the
 GPU (no CUDA context each), and without a GPU ``--arch`` names the GPU to compile for.
 
+With ``--configs``, perf/shipped_configs.py's native runs come first: every config of every
+launch of its problems, forced at each warp and stage count the GPU's autotuner can pick (the
+GPU session's configs stage runs them right after).
+
 It stops itself after ``--seconds`` and writes what it did to ``--json``: what it compiled
 stays in the cache, and the rest compiles when first called, as it would have anyway.
 """
@@ -30,10 +34,12 @@ import os
 import sys
 import time
 
+STARTED = time.perf_counter()  # before torch's import: --seconds counts from here
 PERF_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, PERF_DIR)
 import aot_report  # noqa: E402
 import shapes  # noqa: E402
+import shipped_configs  # noqa: E402
 import sweep  # noqa: E402
 
 FAILURES_KEPT = 5
@@ -50,6 +56,37 @@ class Unit:
     layout: str
     launch: int
     config: int
+
+    def resolve(self, target, tf32):
+        """(launch, tensors, keyword arguments) to compile."""
+        point = (self.shape, self.op, self.dtype, self.layout)
+        launch, tensors = _launches(*point, target.arch, target.sms, tf32)[self.launch]
+        return launch, tensors, aot_report.launch_configs(launch, tensors, target)[self.config]
+
+
+@dataclasses.dataclass(frozen=True)
+class TableUnit:
+    """One compile of perf/shipped_configs.py's native runs: launch number ``launch`` of
+    ``problem``'s training step in ``dtype``, with keyword arguments ``kwargs``."""
+    problem: object
+    dtype: str
+    launch: int
+    kwargs: dict = dataclasses.field(hash=False)
+
+    def resolve(self, target, tf32):
+        launch, tensors = _table_launches(self.problem, self.dtype, target.arch, target.sms, tf32)[self.launch]
+        return launch, tensors, self.kwargs
+
+
+@functools.cache
+def _table_launches(problem, dtype, arch, sms, tf32):
+    return shipped_configs.meta_launches(problem, dtype, target_of(arch, sms), tf32)
+
+
+def table_plan(target, tf32=True, problems=None):
+    """The units of perf/shipped_configs.py's native runs on ``target`` (of the problems named, or all)."""
+    problems = [shipped_configs.problem_named(name) for name in problems] if problems else None
+    return [TableUnit(*unit) for unit in shipped_configs.native_units(target, tf32, problems)]
 
 
 def points(suite, names=None, dtypes=None, layouts=None):
@@ -114,22 +151,23 @@ def _start_worker(arch):
 def compile_unit(unit, target, tf32):
     """Compile ``unit`` through JITFunction.warmup; its seconds."""
     start = time.perf_counter()
-    point = (unit.shape, unit.op, unit.dtype, unit.layout)
-    launch, tensors = _launches(*point, target.arch, target.sms, tf32)[unit.launch]
-    kwargs = aot_report.launch_configs(launch, tensors, target)[unit.config]
+    launch, tensors, kwargs = unit.resolve(target, tf32)
     launch.kernel.warmup(*tensors, *launch.scalars, grid=(1,), **kwargs)
     return time.perf_counter() - start
 
 
 def precompile(suite, arch=None, names=None, jobs=None, seconds=None, tf32=True, sms=None, dtypes=None,
-               layouts=None):
-    """Compile ``suite``'s units over ``jobs`` processes for at most ``seconds``; a summary dict."""
-    start = time.perf_counter()
+               layouts=None, configs=False, started=None):
+    """Compile ``suite``'s units (None: none) over ``jobs`` processes for at most ``seconds``
+    since ``started`` (a perf_counter time; default now), after the configs table's with
+    ``configs`` (True, or the names of some of its problems); a summary dict."""
+    start = started or time.perf_counter()
     target = target_of(arch, sms)
-    units = plan(suite, target, names, tf32, dtypes, layouts)
+    table = table_plan(target, tf32, None if configs is True else configs) if configs else []
+    units = table + (plan(suite, target, names, tf32, dtypes, layouts) if suite else [])
     jobs = jobs or min(len(os.sched_getaffinity(0)), MAX_JOBS)
-    result = dict(suite=suite, arch=target.arch, jobs=jobs, units=len(units), compiled=0, failed=0, failures=[],
-                  compile_s=0.0, finished=False)
+    result = dict(suite=suite, arch=target.arch, jobs=jobs, units=len(units), table_units=len(table), compiled=0,
+                  failed=0, failures=[], compile_s=0.0, finished=False)
     pool = concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
                                                   initializer=_start_worker, initargs=(target.arch,))
     futures = {pool.submit(compile_unit, unit, target, tf32): unit for unit in units}
@@ -162,12 +200,14 @@ def main(argv=None):
     parser.add_argument("--arch", type=int, help="compile for this GPU (90: sm_90) instead of this machine's")
     parser.add_argument("--sms", type=int, help="with --arch: its SM count (wgrad splits by it; default: H100's, A100's)")
     parser.add_argument("--jobs", type=int, help=f"worker processes (default: one per usable core, at most {MAX_JOBS})")
-    parser.add_argument("--seconds", type=float, help="stop after this long")
+    parser.add_argument("--seconds", type=float, help="stop after this long (from the process's start)")
     parser.add_argument("--tf32", choices=("on", "off"), default="on", help="fp32 GEMMs as the sweep runs them")
+    parser.add_argument("--configs", action="store_true", help="first every compile of perf/shipped_configs.py's "
+                                                               "native runs")
     parser.add_argument("--json", help="write the summary here")
     args = parser.parse_args(argv)
     result = precompile(args.suite, args.arch, args.shapes, args.jobs, args.seconds, args.tf32 == "on",
-                        args.sms, args.dtypes, args.layouts)
+                        args.sms, args.dtypes, args.layouts, args.configs, started=STARTED)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)

@@ -380,12 +380,15 @@ class CsvWriter:
     """A CSV (the sweep's, or another perf script's ``columns``), written row by row and
     flushed, so that a run cut short (a GPU lease ending, a crash) keeps every row so far."""
 
-    def __init__(self, path, columns=COLUMNS):
+    def __init__(self, path, columns=COLUMNS, append=False):
+        """With ``append``, rows go after those ``path`` holds (the header only if it is new)."""
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self.columns = columns
-        self.file = open(path, "w", newline="")
+        header = not (append and os.path.exists(path) and os.path.getsize(path))
+        self.file = open(path, "a" if append else "w", newline="")
         self.writer = csv.DictWriter(self.file, fieldnames=columns)
-        self.writer.writeheader()
+        if header:
+            self.writer.writeheader()
         self.file.flush()
 
     def __call__(self, row):

@@ -36,10 +36,10 @@ def test_cpu_smoke_session(tmp_path):
     """Every stage runs on CPU through the interpreter; those that need CUDA say so."""
     out = tmp_path / "out"
     stdout, _, data = _session(out)
-    assert sorted(p.name for p in out.iterdir()) == ["lenet.csv", "overhead.csv", "quick.csv", "session.json",
-                                                     "session.log", "tests.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["configs.csv", "lenet.csv", "overhead.csv", "quick.csv",
+                                                     "session.json", "session.log", "tests.csv"]
     status = {name: stage["status"] for name, stage in data["stages"].items()}
-    assert status == dict(env="ok", compile="skipped", tests="ok", quick="ok", overhead="ok", lenet="ok",
+    assert status == dict(env="ok", compile="skipped", configs="ok", tests="ok", quick="ok", overhead="ok", lenet="ok",
                           autotune="skipped", ncu="skipped"), data["stages"]
     assert data["stages"]["ncu"]["note"] == data["stages"]["autotune"]["note"] == "skipped: no CUDA"
     assert data["stages"]["compile"]["note"] == "skipped: no CUDA"
@@ -49,6 +49,15 @@ def test_cpu_smoke_session(tmp_path):
     env = data["environment"]
     assert env["torch"] == torch.__version__ and len(env["source_sha256"]) == 64
     assert data["ceilings"]["copy_gbps"] > 0 and data["ceilings"]["matmul_tflops"] > 0
+    # the configs stage: the smoke problem's reference round and one forced config per launch, all right
+    configs = data["configs"]
+    assert (configs["ok"], configs["mismatch"], configs["failed"], configs["restarts"]) == (configs["rounds"], 0, 0, 0)
+    assert configs["rounds"] >= 4 and configs["problems"] == 1
+    with open(out / "configs.csv", newline="") as f:
+        rounds = list(csv.DictReader(f))
+    assert {r["kernel"] for r in rounds} >= {"conv2d_fwd_kernel", "conv2d_dgrad_kernel", "conv2d_wgrad_kernel"}
+    assert all(r["device"] == "cpu" and r["gpu"] == "interpreter" for r in rounds)
+    assert any(line.startswith("configs (every shipped config forced") for line in data["summary"])
     with open(out / "quick.csv", newline="") as f:
         quick = list(csv.DictReader(f))
     assert {r["provider"] for r in quick} == {"convtri", "torch-cpu"} and all(r["ok"] == "True" for r in quick)
@@ -184,20 +193,21 @@ def test_full_selection_on_cuda():
 
 def test_compile_stage_compiles_for_the_gpu_the_env_stage_found(tmp_path, monkeypatch):
     """The compile stage runs perf/precompile.py for the capability and SM count in the
-    environment (here an H100's, compiled on this CPU), and reports what it did when its
-    share ends before the ~550 compiles of the quick suite do."""
+    environment (here an H100's, compiled on this CPU), the configs table's compiles first,
+    and reports what it did when its share ends before the ~900 + ~550 compiles do. (Its 12 s
+    hold the start of a process importing torch and Triton: 6 s on a busy 2-core machine.)"""
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "cache"))
     lines = []
     session = SimpleNamespace(scratch=str(tmp_path), log=lines.append,
                               data=dict(environment=dict(capability="9.0", sm_count=132)))
     stage = next(s for s in gpu_session.STAGES if s.name == "compile")
     start = time.time()
-    result = gpu_session.Session.stage_compile(session, stage, gpu_session.now() + 8)
-    assert time.time() - start < 9
+    result = gpu_session.Session.stage_compile(session, stage, gpu_session.now() + 12)
+    assert time.time() - start < 13
     assert result["status"] == "stopped" and result["note"].endswith("compiled, 0 failed"), (result, lines)
     record = session.data["compile"]
     assert (record["arch"], record["suite"], record["finished"]) == (90, "quick", False)
-    assert record["units"] > 100 > record["compiled"]
+    assert record["units"] > record["table_units"] > 100 > record["compiled"]
 
 
 def test_counts_take_each_tests_worst_outcome():
@@ -236,7 +246,10 @@ def test_summary_fits_in_60_lines(tmp_path):
                 ceilings=dict(copy_gbps=4300, matmul_tflops=790), stages={s: dict(status="ok", seconds=1) for s in STAGES},
                 tests=dict(select="full on cuda", passed=100, failed=30, failures=[f"tests/t.py::f[{i}]" for i in range(30)],
                            selected=140, not_run=10),
-                compile=dict(compiled=512, units=760, arch=90, jobs=16, seconds=55.0, finished=False),
+                compile=dict(compiled=512, units=1660, table_units=900, arch=90, jobs=16, seconds=55.0, finished=False),
+                configs=dict(rounds=1000, problems=20, ok=990, mismatch=8, failed=2, restarts=1,
+                             failures=[f"mismatch conv2d_fwd_kernel {i}x64x32 w8 s3: even_blocks fp16 y"
+                                       for i in range(10)]),
                 ncu=dict(status="ok", kernels=[dict(case="vgg_fwd", kernel="conv2d_fwd_kernel", duration_us=900,
                                                     sm_pct=40, dram_pct=10, tensor_gmma_pct=30, tensor_hmma_pct=0)]),
                 files=["quick.csv"])
@@ -245,7 +258,11 @@ def test_summary_fits_in_60_lines(tmp_path):
     assert len(lines) <= 60, text
     for expected in ("conv wgrad fp16", "pool bwd bf16", "conv fwd fp32/tf32", "0.25x", "0.5x", "conv_transpose2d bwd",
                      "ours-graph 100000 (1.5x)", "4300 GB/s", "790 TFLOP/s", "30 failed", "... and 24 more", "vgg_fwd",
-                     "compile: 512 of 760 quick-suite kernels precompiled for sm_90 over 16 processes in 55.0 s"):
+                     "compile: 512 of 1660 kernels (900 of the configs table, then the quick suite's) precompiled for sm_90 "
+                     "over 16 processes in 55.0 s",
+                     "1000 rounds over 20 problem/dtype pairs: 990 ok, 8 mismatched, 2 failed, 1 restarts",
+                     "  mismatch conv2d_fwd_kernel 1x64x32 w8 s3: even_blocks fp16 y",
+                     "... and 8 more configs (session.json, configs.csv)"):
         assert expected in text, (expected, text)
 
 
@@ -284,6 +301,8 @@ def test_plot_session_folder(tmp_path):
                    environment=dict(gpu="NVIDIA H200", slug="nvidia-h200", commit="0" * 40, sm_count=132),
                    ceilings=dict(copy_gbps=4300, matmul_tflops=790, matmul="bfloat16 8192^3 matmul"),
                    tests=dict(select="full on cuda", passed=10, failed=1, failures=["tests/test_conv2d.py::test_x[cuda]"]),
+                   configs=dict(rounds=837, problems=20, ok=836, mismatch=1, failed=0,
+                                failures=["mismatch conv2d_fwd_kernel 128x256x64 GROUP_M=8 w8 s3: even_blocks fp16 y"]),
                    autotune=dict(source="triton Autotuner.run wrapper", records=[record]))
     (folder / "session.json").write_text(json.dumps(session))
     out = tmp_path / "results"
@@ -294,8 +313,140 @@ def test_plot_session_folder(tmp_path):
     assert {"session.json", "quick.csv", "overhead.csv", "lenet.csv", "tests.csv", "ncu.csv"} <= {p.name for p in out.iterdir()}
     readme = (out / "README.md").read_text()
     for expected in ("# convtri GPU session: NVIDIA H200", "SUMMARY line", "4300 GB/s", "790 TFLOP/s",
-                     "FAILED `tests/test_conv2d.py::test_x[cuda]`", "Graph replay:", "| conv2d | bwd | eager | 90.0 | 30.0 | 3.00 | 3 / 1 |",
+                     "FAILED `tests/test_conv2d.py::test_x[cuda]`", "Graph replay:",
+                     "837 rounds over 20 problem/dtype pairs: 836 ok, 1 mismatched, 0 failed",
+                     "- mismatch conv2d_fwd_kernel 128x256x64 GROUP_M=8 w8 s3: even_blocks fp16 y", "| conv2d | bwd | eager | 90.0 | 30.0 | 3.00 | 3 / 1 |",
                      "| d2l | torch-compile | - |", "| vgg16_56_256to256 fwd fp16 nhwc | conv2d_fwd_kernel | BLOCK_M: 64 | 2 | 0.5000 | 0.9000 |",
                      "| vgg_fwd | conv2d_fwd_kernel | 900 | 40 | 10 | 30 |"):
         assert expected in readme, expected
     assert "SMOKE" not in readme
+
+
+# ----------------------------------------------------------------------------- the configs stage, faults, install
+
+FAKE_RUNNER = """
+import csv, os, sys
+args = sys.argv[1:]
+path = args[args.index("--csv") + 1]
+runs = os.path.join(os.path.dirname(path), "runs")
+run = len(open(runs).read()) if os.path.exists(runs) else 0
+open(runs, "a").write("x")
+columns = ["problem", "dtype", "round", "kernel", "config", "status", "outputs", "note", "device"]
+new = not os.path.exists(path)
+with open(path, "a", newline="") as f:
+    writer = csv.DictWriter(f, columns)
+    if new:
+        writer.writeheader()
+    print("@@round even_blocks / fp16 / #0 conv2d_fwd_kernel 128x256x64 GROUP_M=8 w8 s3", flush=True)
+    if run == 0:  # an illegal address: the runner writes the round's row and exits with STICKY_EXIT
+        writer.writerow(dict(problem="even_blocks", dtype="fp16", status="failed",
+                             round="#0 conv2d_fwd_kernel 128x256x64 GROUP_M=8 w8 s3",
+                             note="RuntimeError: CUDA error (the CUDA context is lost)"))
+        sys.exit(3)
+    print("@@round even_blocks / fp16 / #1 conv2d_dgrad_kernel 64x64x32 w4 s4", flush=True)
+    if run == 1:  # the process dies in that round, writing nothing
+        os._exit(9)
+    writer.writerow(dict(problem="even_blocks", dtype="fp16", round="#2 conv2d_wgrad_kernel 32x16x16 w2 s3",
+                         status="mismatch", outputs="dw", note="dw: Greatest absolute difference: 3.5"))
+print("@@finished", flush=True)
+"""
+
+
+def test_configs_stage_restarts_after_a_lost_context(tmp_path, monkeypatch):
+    """Where a kernel breaks the runner's CUDA context (it exits with STICKY_EXIT after writing
+    the round) or its process dies (the round in flight gets a row), the runner starts again on
+    the rounds left; the stage counts and lists what failed or mismatched."""
+    runner = tmp_path / "runner.py"
+    runner.write_text(FAKE_RUNNER)
+    monkeypatch.setattr(gpu_session, "SHIPPED_CONFIGS", str(runner))
+    lines = []
+    session = SimpleNamespace(path=dict(configs=str(tmp_path / "configs.csv")), log=lambda text, echo_prefix="":
+                              lines.append(text), smoke=False, data={}, device_or_guess=lambda: "cuda")
+    stage = next(s for s in gpu_session.STAGES if s.name == "configs")
+    result = gpu_session.Session.stage_configs(session, stage, gpu_session.now() + 60)
+    assert result == dict(status="ok", note="3 rounds, 1 mismatched, 2 failed, 2 restarts"), lines
+    configs = session.data["configs"]
+    assert (configs["rounds"], configs["ok"], configs["runner_status"]) == (3, 0, 0)
+    assert configs["failures"] == [  # a line per config
+        "failed conv2d_fwd_kernel 128x256x64 GROUP_M=8 w8 s3: even_blocks fp16 RuntimeError: CUDA error (the CUDA "
+        "context is lost)", "failed conv2d_dgrad_kernel 64x64x32 w4 s4: even_blocks fp16 the process died (status 9)",
+        "mismatch conv2d_wgrad_kernel 32x16x16 w2 s3: even_blocks fp16 dw"]
+    assert gpu_session.STICKY_EXIT == _load("shipped_configs").STICKY_EXIT
+    text = "\n".join(gpu_session._configs_lines(configs))
+    assert "3 rounds over 1 problem/dtype pairs: 0 ok, 1 mismatched, 2 failed, 2 restarts" in text
+
+
+def test_configs_runner_that_cannot_start_is_not_restarted(tmp_path, monkeypatch):
+    """A runner that ends before its first round (an import error) would end so again: the stage
+    fails at once, saying how the runner exited."""
+    runner = tmp_path / "runner.py"
+    runner.write_text("import sys; print('ModuleNotFoundError: No module named shipped'); sys.exit(1)")
+    monkeypatch.setattr(gpu_session, "SHIPPED_CONFIGS", str(runner))
+    session = SimpleNamespace(path=dict(configs=str(tmp_path / "configs.csv")), log=lambda *args, **kwargs: None,
+                              smoke=False, data={}, device_or_guess=lambda: "cuda")
+    stage = next(s for s in gpu_session.STAGES if s.name == "configs")
+    result = gpu_session.Session.stage_configs(session, stage, gpu_session.now() + 60)
+    assert result == dict(status="failed", note="the runner exited with status 1; 0 rounds, 0 mismatched, 0 failed")
+    assert session.data["configs"]["restarts"] == 0
+
+
+class FakeWorker:
+    """A worker whose stage ends with a sticky CUDA error (a kernel's illegal address)."""
+    started = []
+
+    def __init__(self, session):
+        self.session, self.info = session, dict(device="cuda")
+        self.child = SimpleNamespace(alive=lambda: True, kill=lambda: self.killed.append(True))
+        self.killed = []
+        FakeWorker.started.append(self)
+
+    def run(self, stage, deadline, **options):
+        error = "RuntimeError: CUDA error: an illegal memory access was encountered" if stage == "quick" else None
+        gpu_session.write_json(os.path.join(self.session.scratch, f"{stage}.json"),
+                               dict(status="ok", rows=3, cuda_error=error))
+        return True
+
+
+def test_a_worker_with_a_cuda_error_is_replaced(tmp_path, monkeypatch):
+    """A worker whose CUDA context reports an error after a stage is ended, and the next stage
+    starts a new one (a sticky error would fail all of its later stages)."""
+    monkeypatch.setattr(gpu_session, "Worker", FakeWorker)
+    FakeWorker.started.clear()
+    session = gpu_session.Session(gpu_session.parse_args(["--device", "cuda", "--out", str(tmp_path), "--no-install"]))
+    stages = {s.name: s for s in gpu_session.STAGES}
+    session.run_stage(stages["quick"], gpu_session.now() + 5)
+    assert session.worker is None and FakeWorker.started[0].killed == [True]
+    assert session.data["stages"]["quick"]["note"] == ("its CUDA context reports RuntimeError: CUDA error: an illegal "
+                                                       "memory access was encountered: the worker is replaced")
+    assert session.data["quick"] == dict(status="ok", rows=3, note=session.data["stages"]["quick"]["note"])
+    session.run_stage(stages["overhead"], gpu_session.now() + 5)
+    assert len(FakeWorker.started) == 2 and session.worker is FakeWorker.started[1]  # healthy: kept
+    session.log_file.close()
+
+
+def test_cuda_context_error(monkeypatch):
+    """The worker's check after each stage: a sticky error makes every CUDA call raise."""
+    def sticky():
+        raise RuntimeError("CUDA error: an illegal memory access was encountered\nCUDA kernel errors ...")
+    monkeypatch.setattr(torch.cuda, "synchronize", sticky)
+    error = gpu_session.cuda_context_error("cuda")
+    assert error == "RuntimeError: CUDA error: an illegal memory access was encountered"
+    assert gpu_session.cuda_context_error("cpu") is None
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    assert gpu_session.cuda_context_error("cuda") is None
+
+
+def test_failed_install_stops_the_session(tmp_path, monkeypatch, capsys):
+    """Nothing imports convtri without the install: its failure ends the session at once, with
+    a one-line reason, after writing what it has (session.json, the log, the summary)."""
+    monkeypatch.setattr(gpu_session.importlib.util, "find_spec", lambda name: None)  # convtri not importable here
+    monkeypatch.setattr(gpu_session, "INSTALL", ["-c", "print('Processing /repo'); print('ERROR: Could not build "
+                                                       "wheels for convtri'); raise SystemExit(1)"])
+    data = gpu_session.Session(gpu_session.parse_args(["--device", "cpu", "--smoke", "--out", str(tmp_path)])).run()
+    reason = "pip install failed (status 1): ERROR: Could not build wheels for convtri"
+    assert data["stopped"] == reason and data["stages"] == {} and data["finished"]
+    assert data["install"]["status"] == 1
+    saved = json.loads((tmp_path / "session.json").read_text())
+    assert saved["stopped"] == reason and f"STOPPED: {reason}" in saved["summary"]
+    _printed_last(capsys.readouterr().out, saved["summary"])
+    assert f"== stopped: {reason}" in (tmp_path / "session.log").read_text()

@@ -42,3 +42,20 @@ def test_plans_what_the_sweep_launches():
     ops = {u.op for u in units if u.shape.name == "rn50_14_3x3_256"}
     assert ops <= {"fwd", "dgrad", "wgrad"} and "dgrad" in ops
     assert {u.op for u in units if u.shape.name == "rn50_stem_max3x3s2"} <= {"fwd", "bwd"}
+
+
+def test_plans_and_compiles_the_configs_table(tmp_path, monkeypatch):
+    """--configs: the compiles of perf/shipped_configs.py's native runs come first, one per
+    config at each warp and stage count the GPU's autotuner can pick, into the cache the configs
+    stage then reads (with the keyword arguments it launches with: shipped_configs.launch_kwargs)."""
+    units = precompile.table_plan(precompile.target_of(90))
+    table = precompile.shipped_configs
+    assert {(u.problem.name, u.dtype) for u in units} == {(p.name, d) for p, d in table.cases(table.PROBLEMS, "cuda")}
+    fwd = {tuple(u.kwargs[name] for name in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages"))
+           for u in units if (u.problem.name, u.dtype) == ("even_blocks", "fp16") and u.kwargs.get("GROUP_M")}
+    assert len(fwd) == 32 and (128, 256, 64, 8, 4) in fwd and (32, 16, 16, 2, 3) in fwd  # 16 tiles x 3 and 4 stages
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "cache"))
+    # global average pooling, NCHW: its two fixed-block kernels in fp16 and fp32
+    first = precompile.precompile(None, arch=90, jobs=2, configs=["global_nchw"])
+    assert first["finished"] and first["failed"] == 0, first["failures"]
+    assert first["compiled"] == first["units"] == first["table_units"] == len(os.listdir(tmp_path / "cache")) == 4
