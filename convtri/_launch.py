@@ -8,6 +8,7 @@ launch calls that kernel's launcher directly, with no argument binding, speciali
 autotuner lookup on the way.
 """
 import contextlib
+import dataclasses
 import functools
 import os
 
@@ -19,6 +20,7 @@ from torch._subclasses.fake_tensor import is_fake
 from torch._subclasses.functional_tensor import FunctionalTensor
 from torch.library import wrap_triton
 from triton import knobs
+from triton.runtime import interpreter
 from triton.runtime.interpreter import InterpretedFunction, _patch_lang
 from triton.runtime.jit import JITFunction
 
@@ -169,6 +171,24 @@ def check_device(*tensors: torch.Tensor) -> None:
 @functools.cache
 def _interpreted(fn):
     return InterpretedFunction(fn)
+
+
+# CONVTRI_SANITIZE_OVERFLOW=1: the interpreter checks every int32 addition and multiplication for
+# overflow (Triton's default there), which took about 40% of its time in our kernels; off by
+# default, as on a GPU without debug. tests/test_hardening.py runs its 2^31-element views with it.
+SANITIZE_ENV = "CONVTRI_SANITIZE_OVERFLOW"
+
+
+@contextlib.contextmanager
+def _overflow_checks(enabled):
+    """The interpreter's int32 overflow checks on or off inside (its builder's option)."""
+    builder = interpreter.interpreter_builder
+    before = builder.options
+    builder.options = dataclasses.replace(before, sanitize_overflow=enabled)
+    try:
+        yield
+    finally:
+        builder.options = before
 
 
 @contextlib.contextmanager
@@ -329,7 +349,8 @@ class Launch:
     def _interpret(self, tensors):
         _check_interpreter()
         # IEEE arithmetic as on a GPU: inf and NaN propagate without numpy's warnings
-        with _interpreting(self.kernel.fn), np.errstate(all="ignore"):
+        with (_interpreting(self.kernel.fn), np.errstate(all="ignore"),
+              _overflow_checks(os.environ.get(SANITIZE_ENV, "0") == "1")):
             _interpreted(self.kernel.fn)[self.grid](*tensors, *self.scalars, **self.meta, **self.blocks)
 
 

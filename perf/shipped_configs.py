@@ -141,7 +141,8 @@ def reference(configs):
 
 # ----------------------------------------------------------------------------- the problems
 
-ACTIVATIONS = {None: lambda y: y, "relu": F.relu, "sigmoid": torch.sigmoid}
+ACTIVATIONS = {None: lambda y: y, "relu": F.relu, "sigmoid": torch.sigmoid, "silu": F.silu, "gelu": F.gelu,
+               "gelu_tanh": lambda y: F.gelu(y, approximate="tanh"), "relu6": F.relu6}
 
 
 def _torch_conv2d(x, w, b, activation=None, padding_mode="zeros", padding=0, **kwargs):
@@ -217,6 +218,25 @@ PROBLEMS = [
     Problem("split_wgrad", "conv2d", ((5, 24, 15, 15), (24, 24, 1, 1), (24,)), **CL),
     # conv_transpose2d with a bias: dgrad's bias path (its forward), 24 -> 20 channels, stride 2 (four phases)
     Problem("transposed_bias", "conv_transpose2d", ((2, 24, 6, 5), (24, 20, 3, 3), (20,)), dict(stride=2, padding=1)),
+    # The direct depthwise kernels (autotuned tiles of BLOCK_A x BLOCK_B up to 256 x 128):
+    # 3x3, channels_last, 72 channels (a whole tile of 64 and a partial one; 8-wide tiles whole), 2*9*10 = 180
+    # output pixels (whole and partial tiles up to 128), bias, silu (its pre-activation saved); the weight
+    # gradient split over 132 SMs, its partials summed; fp16 too (16-byte vectors)
+    Problem("depthwise_3x3", "conv2d", ((2, 72, 9, 10), (72, 1, 3, 3), (72,)), dict(groups=72, padding=1,
+                                                                                 activation="silu"),
+            dtypes=("fp64", "fp16"), **CL),
+    # 7x7 (a loop over kernel rows; the weight gradient a row per program), NCHW row tiles of 70 columns (whole
+    # and partial up to 64), multiplier 2, relu6
+    Problem("depthwise_7x7", "conv2d", ((1, 3, 9, 70), (6, 1, 7, 7), (6,)), dict(groups=3, padding=3,
+                                                                              activation="relu6")),
+    # 5x5 with stride 2 and reflect padding: dgrad's windows skip pixels, into a padded fp32 buffer that pad_fold
+    # folds; no bias
+    Problem("depthwise_5x5s2", "conv2d", ((2, 16, 11, 12), (16, 1, 5, 5), None),
+            dict(groups=16, stride=2, padding=2, padding_mode="reflect"), **CL),
+    # conv_transpose2d with one output channel per group of the convolution it transposes (2 per input
+    # channel here), stride 2, bias (the channel sum of the direct weight-gradient kernel)
+    Problem("depthwise_transposed", "conv_transpose2d", ((2, 8, 6, 5), (8, 2, 3, 3), (16,)),
+            dict(stride=2, padding=1, groups=8)),
 ]
 # Pooling launches fixed CUDA tiles: CUDA_TILE_BYTES per element size, CUDA_COLUMNS wide along the contiguous axis
 # (GLOBAL_PIXELS along NCHW planes for global averages). Each op runs in three element sizes and both layouts:
