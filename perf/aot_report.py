@@ -52,7 +52,7 @@ from triton.runtime.jit import create_function_from_signature
 import convtri
 from convtri import conv_launch
 from convtri._dispatch import clear_plans
-from convtri._launch import Launch
+from convtri._launch import COMPILE_OPTIONS, Launch
 
 PERF_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, PERF_DIR)
@@ -148,12 +148,13 @@ def launches_of(call, target, tf32=True):
 def launch_configs(launch, tensors, target):
     """The configs ``launch`` runs with on ``target``: those its autotuner tries there (after the
     launch-time prune), else its fixed blocks with Triton's default warps and stages. Each as
-    the keyword arguments the kernel is called with."""
+    the keyword arguments the kernel is called with, the compile options every launch passes
+    (convtri._launch.COMPILE_OPTIONS) included, so that a compile here has a real call's key."""
     if launch.tuning is None:
-        return [{**launch.meta, **launch.blocks}]
+        return [{**launch.meta, **launch.blocks, **COMPILE_OPTIONS}]
     configs, _, prune = launch.tuning
     named = dict(zip(launch.kernel.arg_names, (*tensors, *launch.scalars)))
-    return [{**launch.meta, **config.all_kwargs()}
+    return [{**launch.meta, **config.all_kwargs(), **COMPILE_OPTIONS}
             for config in prune(target.capability)(list(configs(target.capability)), named, **launch.meta)]
 
 
