@@ -11,7 +11,7 @@ from convtri._dispatch import (Plans, eager_apply, exact, is_eager, other_backwa
 from convtri._launch import (FLOAT_DTYPES, MAX_INT32, MAX_PIXELS, allows_tf32, check_device, is_channels_last,
                              memory_format, memory_span)
 from convtri._library import triton_op
-from convtri.conv_launch import MAX_GRID_YZ, PAD_MODES, ConvGeometry, Dgrad, Forward, Wgrad
+from convtri.conv_launch import MAX_GRID_YZ, PAD_MODES, ConvGeometry, Dgrad, Forward, GradOperands, Wgrad
 from convtri.kernels import conv2d as kernels
 
 
@@ -174,13 +174,16 @@ class Conv2dPlan(ConvPlan):
 
     def backward_launches(self, dy, x, w, needs, y):
         geom, act = self.geom, self.activation
+        operands = GradOperands(dy, y, w.shape, geom, needs)  # dy, y copied to channels_last once for both
+        dy, y = operands.spec
         dgrad = Dgrad(dy, w, None, x.shape, memory_format(is_channels_last(x)), geom, y, act) if needs[0] else None
         wgrad = Wgrad(x, dy, w.shape, w.stride(), geom, needs[1], needs[2], y, act) if needs[1] or needs[2] else None
-        return dgrad, wgrad
+        return operands, dgrad, wgrad
 
     @staticmethod
     def run_backward(launches, dy, x, w, y):
-        dgrad, wgrad = launches
+        operands, dgrad, wgrad = launches
+        dy, y = operands(dy, y)
         dx = dgrad(dy, w, None, y) if dgrad is not None else None
         dw, db = wgrad(x, dy, y) if wgrad is not None else (None, None)
         return dx, dw, db
