@@ -17,7 +17,6 @@ import torch
 import triton
 import triton.runtime.autotuner
 from triton import knobs
-from triton.backends.compiler import GPUTarget
 from triton.runtime.driver import driver
 
 from convtri import _launch
@@ -25,23 +24,9 @@ from convtri.kernels import conv2d as conv_kernels
 from test_host_path import LAUNCHES
 
 TESTS = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(TESTS.parent / "perf"))
+import precompile  # noqa: E402  (its driver of a target alone, and aot_report)
 SM90 = (9, 0)
-
-
-class TargetOnly:
-    """Triton's driver as a compile needs it: the target, device 0 and stream 0."""
-
-    def __init__(self, capability):
-        self.target = GPUTarget("cuda", capability[0] * 10 + capability[1], 32)
-
-    def get_current_target(self):
-        return self.target
-
-    def get_current_device(self):
-        return 0
-
-    def get_current_stream(self, device=None):
-        return 0
 
 
 @contextlib.contextmanager
@@ -82,7 +67,7 @@ def _gpu_path(capability):
               mock.patch.object(_launch, "AUTOTUNE_BENCH", bench),
               mock.patch.object(_launch, "Bound", lambda *args: None),
               mock.patch.object(_launch, "wrap_triton", wrap_triton)):
-            driver.set_active(TargetOnly(capability))
+            driver.set_active(precompile._TargetOnly(capability[0] * 10 + capability[1]))  # its target alone
             yield record
     finally:
         driver.set_active(active)
@@ -213,8 +198,6 @@ def test_fp_fusion_is_given_to_every_compile(name, autotune, monkeypatch):
     assert kwargs["enable_fp_fusion"] is True
     assert (traced is launch.kernel) == single  # a single config: the kernel itself, else its autotuner
 
-    sys.path.insert(0, str(TESTS.parent / "perf"))
-    import aot_report
-    target = aot_report.TARGETS[90]
-    for kwargs in aot_report.launch_configs(launch, tensors, target):
-        assert aot_report.bind(launch, tensors, kwargs, target).options["enable_fp_fusion"] is True
+    target = precompile.aot_report.TARGETS[90]
+    for kwargs in precompile.aot_report.launch_configs(launch, tensors, target):
+        assert precompile.aot_report.bind(launch, tensors, kwargs, target).options["enable_fp_fusion"] is True
