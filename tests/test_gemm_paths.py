@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import convtri
 import convtri.conv_launch
-from convtri.kernels import relayout
+from convtri.kernels import gpus, relayout
 from test_conv2d import check_parity
 
 SMALL_TILE_CASES = [
@@ -96,7 +96,7 @@ def test_pipelines_shortened_to_fit_shared_memory(dtype):
     stages = {}
     for c in kept:
         stages.setdefault(shape(c), []).append(c.num_stages)
-        assert (sum(shape(c)[:2]) * shape(c)[2] * dtype.itemsize * c.num_stages <= kernels.SHARED_MEMORY[(9, 0)])
+        assert (sum(shape(c)[:2]) * shape(c)[2] * dtype.itemsize * c.num_stages <= gpus.GPUS[(9, 0)].shared_memory)
     assert len(set(map(lambda c: (shape(c), c.num_stages), kept))) == len(kept)  # no config twice
     if dtype == torch.float32:
         assert stages[(128, 256, 64, 8)] == stages[(256, 128, 64, 8)] == [2]
