@@ -201,3 +201,22 @@ def test_fp_fusion_is_given_to_every_compile(name, autotune, monkeypatch):
     target = precompile.aot_report.TARGETS[90]
     for kwargs in precompile.aot_report.launch_configs(launch, tensors, target):
         assert precompile.aot_report.bind(launch, tensors, kwargs, target).options["enable_fp_fusion"] is True
+
+
+@pytest.mark.parametrize("name", ["conv2d forward", "conv2d wgrad", "avg_pool2d forward"])
+def test_precompile_warms_up_what_a_call_compiles(name):
+    """perf/precompile.py compiles each config through JITFunction.warmup with the keyword
+    arguments of aot_report.launch_configs: the very compiles (signature, specialisation,
+    constants and options, fp fusion included: what Triton's cache key is made of) that the
+    launch's first call makes, so its binaries are cache hits."""
+    def compiles():
+        return {(str(c["signature"]), str(c["configs"]), str(sorted(c["constants"].items())), c["num_warps"],
+                 c["num_ctas"], c["num_stages"], c["enable_fp_fusion"]) for c in record["compiles"]}
+    with gpu_path() as record:
+        launch, tensors = bind(name)
+        called = compiles()
+        record["compiles"].clear()
+        for kwargs in precompile.aot_report.launch_configs(launch, tensors, precompile.aot_report.TARGETS[90]):
+            launch.kernel.warmup(*tensors, *launch.scalars, grid=(1,), **kwargs)
+        warmed = compiles()
+    assert called and called == warmed
