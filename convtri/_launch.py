@@ -234,6 +234,18 @@ AUTOTUNE_BENCH = functools.partial(triton.testing.do_bench, warmup=5, rep=25)
 # configs not chosen never produce an output anyway.
 AUTOTUNE_ENV = "CONVTRI_AUTOTUNE"
 
+# CONVTRI_TUNING_CACHE=0: forget tuning results at the end of a process. By default each
+# autotuner keeps them in Triton's own autotune cache (``cache_results``): a
+# <kernel>.autotune.json per (Triton version, GPU target, kernel source, autotune key with the
+# tensors' dtypes, configs left after the prune) in Triton's cache folder (TRITON_CACHE_DIR,
+# by default ~/.triton/cache), so a later process calling a tuned layer again times nothing.
+TUNING_CACHE_ENV = "CONVTRI_TUNING_CACHE"
+
+# Compile options every CUDA launch of ours passes, so that Triton's defaults cannot change our
+# numerics: fp fusion (a*b + c contracted into one FMA) is on by default up to triton 3.9 and off
+# from 3.10 (3.9 warns of it), and our epilogues, FMA dots and average pooling were checked with it.
+COMPILE_OPTIONS = {"enable_fp_fusion": True}
+
 
 def first_config(prune):
     """``prune`` keeping only the first config it keeps."""
@@ -247,8 +259,10 @@ def _autotuned(kernel, capability, configs, key, prune):
     prune = prune(capability)
     if os.environ.get(AUTOTUNE_ENV, "1") == "0":
         prune = first_config(prune)
-    return triton.autotune(configs=list(configs(capability)), key=list(key),
-                           prune_configs_by={"early_config_prune": prune}, do_bench=AUTOTUNE_BENCH)(kernel)
+    autotuner = triton.autotune(configs=list(configs(capability)), key=list(key),
+                                prune_configs_by={"early_config_prune": prune}, do_bench=AUTOTUNE_BENCH)(kernel)
+    autotuner.cache_results = os.environ.get(TUNING_CACHE_ENV, "1") != "0"  # TRITON_CACHE_AUTOTUNING aside
+    return autotuner
 
 
 _TUNING_RECORD = []
@@ -256,7 +270,9 @@ _TUNING_RECORD = []
 
 def autotune_record():
     """What the autotuner chose, one entry per (kernel, autotune key) tuned in this process:
-    ``{"kernel", "key", "best", "timings_ms"}``, the timings being each tried config's median."""
+    ``{"kernel", "key", "best", "timings_ms"}``, the timings being each tried config's median,
+    measured here or, where an earlier process tuned the key, read from Triton's autotune cache.
+    A launch whose prune keeps one config is not tuned and has no entry."""
     return list(_TUNING_RECORD)
 
 
@@ -319,17 +335,28 @@ class Launch:
             with torch.cuda.device(index):
                 bound(tensors, torch._C._cuda_getCurrentRawStream(index))
 
+    def _tuned(self, tensors, index):
+        """(autotuner, None) for a launch with configs to time on GPU ``index``; (None, config
+        kwargs) for one with a single config: its fixed blocks, or the one config its prune
+        keeps, which runs without the autotuner (triton 3.6's times a kernel of several
+        configs even when its prune keeps one; 3.9's does not)."""
+        if self.tuning is None:
+            return None, self.blocks
+        autotuner = _autotuned(self.kernel, torch.cuda.get_device_capability(index), *self.tuning)
+        named = dict(zip(self.kernel.arg_names, (*tensors, *self.scalars)))
+        kept = autotuner.early_config_prune(autotuner.configs, named, **self.meta)
+        return (autotuner, None) if len(kept) > 1 else (None, kept[0].all_kwargs())
+
     def _bind(self, tensors, index):
         """Launch through Triton's autotuner or JIT, and bind the compiled kernel it ran."""
         with torch.cuda.device(index):
-            if self.tuning is None:
-                compiled = self.kernel[self.grid](*tensors, *self.scalars, **self.meta, **self.blocks)
-                config = self.blocks
+            autotuner, config = self._tuned(tensors, index)
+            if autotuner is None:
+                compiled = self.kernel[self.grid](*tensors, *self.scalars, **self.meta, **config, **COMPILE_OPTIONS)
             else:
-                autotuner = _autotuned(self.kernel, torch.cuda.get_device_capability(index), *self.tuning)
                 tuned_before = len(autotuner.cache)
                 autotuner.configs_timings = None
-                compiled = autotuner[self.grid](*tensors, *self.scalars, **self.meta)
+                compiled = autotuner[self.grid](*tensors, *self.scalars, **self.meta, **COMPILE_OPTIONS)
                 _record_tuning(autotuner, tuned_before)
                 config = autotuner.best_config.kwargs
             return Bound(compiled, self.kernel.arg_names, tensors, self.scalars, {**self.meta, **config}, self.grid)
@@ -339,12 +366,11 @@ class Launch:
             raise RuntimeError("convtri: CPU kernels run in Triton's interpreter and cannot be traced; "
                                "convtri ops on CPU stay whole in a compiled graph")
         with torch.cuda.device(tensors[0].device):
-            if self.tuning is None:
-                wrap_triton(self.kernel)[self.grid](*tensors, *self.scalars, **self.meta, **self.blocks)
+            autotuner, config = self._tuned(tensors, tensors[0].get_device())
+            if autotuner is None:
+                wrap_triton(self.kernel)[self.grid](*tensors, *self.scalars, **self.meta, **config, **COMPILE_OPTIONS)
             else:
-                capability = torch.cuda.get_device_capability(tensors[0].device)
-                wrap_triton(_autotuned(self.kernel, capability, *self.tuning))[self.grid](
-                    *tensors, *self.scalars, **self.meta)
+                wrap_triton(autotuner)[self.grid](*tensors, *self.scalars, **self.meta, **COMPILE_OPTIONS)
 
     def _interpret(self, tensors):
         _check_interpreter()

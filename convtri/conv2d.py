@@ -183,15 +183,18 @@ class Conv2dPlan(ConvPlan):
 
     def backward_launches(self, dy, x, w, needs, y):
         geom, act = self.geom, self.activation
+        operands = launches.grad_operands(dy, y, w.shape, geom, needs)  # dy, y copied to channels_last once for both
+        dy, y = operands.spec
         dgrad = launches.dgrad(dy, w, None, x.shape, memory_format(is_channels_last(x)), geom, y, act) if needs[0] \
             else None
         wgrad = (launches.wgrad(x, dy, w.shape, w.stride(), geom, needs[1], needs[2], y, act)
                  if needs[1] or needs[2] else None)
-        return dgrad, wgrad
+        return operands, dgrad, wgrad
 
     @staticmethod
     def run_backward(launches, dy, x, w, y):
-        dgrad, wgrad = launches
+        operands, dgrad, wgrad = launches
+        dy, y = operands(dy, y)
         dx = dgrad(dy, w, None, y) if dgrad is not None else None
         dw, db = wgrad(x, dy, y) if wgrad is not None else (None, None)
         return dx, dw, db

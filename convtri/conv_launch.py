@@ -224,15 +224,43 @@ class Forward:
         return self.y.result(y)
 
 
+def dgrad_reads_channels(w_shape, geom):
+    """Whether conv2d's input-gradient GEMM reads dy (and y) tap by tap along channels, as
+    channels_last copies when they are not (else FLAT_TAPS gathers them in any layout)."""
+    return not _flat_taps(w_shape[0] // geom.groups)
+
+
+def wgrad_reads_channels(w_shape, weight_grad):
+    """Whether conv2d's weight-gradient GEMM reads x, dy (and y) along channels (as above)."""
+    return weight_grad and not _flat_taps(w_shape[1])
+
+
+class GradOperands:
+    """conv2d's gradient dy and, with a fused activation, the forward's output y, as both
+    gradient GEMMs (``needs``: dx, dw, db asked for) read them: where either reads along
+    channels, one channels_last copy of each, made once for both. Calling it on (dy, y) gives
+    the tensors to pass to Dgrad and Wgrad, which ``spec``'s specs were built from."""
+
+    def __init__(self, dy, y, w_shape, geom, needs, direct=False):
+        """``direct``: the gradients run on the direct depthwise kernels, which read any layout."""
+        nhwc = not direct and ((needs[0] and dgrad_reads_channels(w_shape, geom))
+                               or wgrad_reads_channels(w_shape, needs[1]))
+        self.dy, self.y = ChannelsLast(dy, nhwc), ChannelsLast(y, nhwc) if y is not None else None
+        self.spec = (self.dy.spec, self.y.spec if y is not None else None)
+
+    def __call__(self, dy, y):
+        return self.dy(dy), self.y(y) if y is not None else None
+
+
 class Dgrad:
     """dx of conv2d for 4-D dy, plus ``bias`` per channel of dx (conv_transpose2d's forward);
     zero padding directly, other padding modes into a padded buffer that pad_fold folds.
     With an ``activation`` fused into the forward, a call also passes its output y."""
 
-    copies_operands = staticmethod(Forward.copies_operands)
+    copies_operands = staticmethod(dgrad_reads_channels)
 
     def __init__(self, dy, w, bias, x_size, x_format, geom, y=None, activation=NO_ACTIVATION):
-        nhwc = self.copies_operands(w.shape[0] // geom.groups)
+        nhwc = self.copies_operands(w.shape, geom)
         self.dx = GemmOutput(x_size, x_format, dy, nhwc and geom.pad_mode == kernels.PAD_ZEROS)
         self.padded = self.fold = None
         self.dy, self.w = ChannelsLast(dy, nhwc), ChannelsLast(w, nhwc)
@@ -329,13 +357,13 @@ class Wgrad:
     reduction writes them directly; several (on CUDA, to fill the GPU) write fp32 partials
     that a fixed-order second pass sums: deterministic either way."""
 
-    copies_operands = staticmethod(Forward.copies_operands)
+    copies_operands = staticmethod(wgrad_reads_channels)
 
     def __init__(self, x, dy, w_size, w_stride, geom, weight_grad=True, bias_grad=False, y=None,
                  activation=NO_ACTIVATION):
         n, c, h, wd = x.shape
         k, p, q = dy.shape[1:]
-        nhwc = self.copies_operands(w_size[1]) and weight_grad
+        nhwc = self.copies_operands(w_size, weight_grad)
         self.x, self.dy = ChannelsLast(x, nhwc), ChannelsLast(dy, nhwc)
         self.y = ChannelsLast(y if y is not None else dy, nhwc and y is not None)
         x, dy, y = self.x.spec, self.dy.spec, self.y.spec

@@ -10,7 +10,7 @@ and fixed-order sum. ``forward``, ``dgrad`` and ``wgrad`` pick between them, so 
 import triton
 
 from convtri._launch import INTERPRETER_CHANNELS, Launch, block
-from convtri.conv_launch import WGRAD_MIN_ROWS_PER_SPLIT, Dgrad, Forward, Wgrad, _wgrad_splits
+from convtri.conv_launch import WGRAD_MIN_ROWS_PER_SPLIT, Dgrad, Forward, GradOperands, Wgrad, _wgrad_splits
 from convtri.kernels import depthwise as kernels
 from convtri.pool_launch import _align, _layout, _power_of_two, _tiling
 
@@ -44,12 +44,15 @@ def _tiles(t, size, strides, configs, prune):
     return channels_last, blocks, grid, (configs, kernels.KEY, prune)
 
 
+def _reads_any_layout(*_):
+    """The direct kernels read every operand where it lies: no channels_last copies."""
+    return False
+
+
 class DepthwiseForward(Forward):
     """y = conv2d(x, w, b) on the direct forward kernel (conv_launch.Forward's interface)."""
 
-    @staticmethod
-    def copies_operands(channels_per_tap):
-        return False
+    copies_operands = staticmethod(_reads_any_layout)
 
     def _launch(self, x, w, b, geom, sizes, activation, save):
         n, c, h, wd, k, p, q, r, s = sizes
@@ -67,7 +70,7 @@ class DepthwiseForward(Forward):
 
 class DepthwiseDgrad(Dgrad):
     """dx of conv2d on the direct gather kernel (conv_launch.Dgrad's interface)."""
-    copies_operands = staticmethod(DepthwiseForward.copies_operands)
+    copies_operands = staticmethod(_reads_any_layout)
 
     @staticmethod
     def _launch(dy, y, w, bias, dx, geom, activation):
@@ -103,7 +106,7 @@ DEPTHWISE_WGRAD_MIN_ROWS = WGRAD_MIN_ROWS_PER_SPLIT // 8
 
 class DepthwiseWgrad(Wgrad):
     """dw and/or db of conv2d on the direct weight-gradient kernel (conv_launch.Wgrad's interface)."""
-    copies_operands = staticmethod(DepthwiseForward.copies_operands)
+    copies_operands = staticmethod(_reads_any_layout)
 
     @staticmethod
     def _splits(x, rows, w_size):
@@ -149,6 +152,12 @@ def forward(x, w, b, geom, out_hw=None, out_format=None, activation=0):
 def dgrad(dy, w, bias, x_size, x_format, geom, y=None, activation=0):
     direct = is_direct(geom.groups, w.shape[1], w.shape[0] // geom.groups)
     return (DepthwiseDgrad if direct else Dgrad)(dy, w, bias, x_size, x_format, geom, y, activation)
+
+
+def grad_operands(dy, y, w_shape, geom, needs):
+    """conv2d's dy and y as its gradient launches read them (conv_launch.GradOperands)."""
+    direct = is_direct(geom.groups, w_shape[1], w_shape[0] // geom.groups)
+    return GradOperands(dy, y, w_shape, geom, needs, direct)
 
 
 def wgrad(x, dy, w_size, w_stride, geom, weight_grad=True, bias_grad=False, y=None, activation=0):

@@ -26,6 +26,7 @@ from convtri.settings import (EVAL_OPTIONS, RESUME_OPTIONS, check_options, check
 
 LONG_RUN_S = 600  # a CPU run estimated longer than this says so, and how to shorten it
 ESTIMATE_AFTER_BATCHES, ESTIMATE_AFTER_S = 4, 10.0  # the first estimate: after this many batches or seconds
+CHECK_EVERY = 8  # batches between readings of the loss sum: the non-finite loss check, a progress update
 EVAL_SPEEDUP = 3  # an evaluation example costs about a third of a training one (forward only), until measured
 RUN_FILES = ("metrics.csv", "checkpoint.pt", "lenet.pt", "curves.png", "filters.png")
 
@@ -121,16 +122,17 @@ def new_epoch(loader, seed, epoch):
 
 @torch.no_grad()
 def split_metrics(net, loader, device):
-    """(mean cross-entropy, accuracy) of ``net`` over ``loader``."""
+    """(mean cross-entropy, accuracy) of ``net`` over ``loader``, summed on the device and read once."""
     net.eval()
-    loss = correct = total = 0.0
+    sums, total = torch.zeros(2, dtype=torch.float64, device=device), 0
     for x, y in loader:
         x, y = x.to(device), y.to(device)
         logits = net(x)
-        loss += torch.nn.functional.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
+        sums[0] += torch.nn.functional.cross_entropy(logits, y, reduction="sum")
+        sums[1] += (logits.argmax(1) == y).sum()
         total += len(y)
     net.train()
+    loss, correct = sums.tolist()
     return loss / max(total, 1), correct / max(total, 1)
 
 
@@ -143,21 +145,26 @@ def make_optimizer(parameters, settings, capturable=False):
 
 
 class Trainee:
-    """A network with its optimizer and the running sums of one epoch. ``cuda_graph``: after
-    GRAPH_AFTER_STEPS eager steps, capture the whole step in a CUDA graph and replay it for
-    every batch of the same shape (convtri/graphs.py); if the capture fails, say why in one
-    line and go on eagerly."""
+    """A network with its optimizer and the running sums of one epoch, kept on the device: a step
+    launches its work and returns without waiting for it (``check_loss`` and ``epoch_stats`` read
+    the sums). ``cuda_graph``: after GRAPH_AFTER_STEPS eager steps of the training shape (the
+    first batch's), capture the whole step in a CUDA graph and replay it for every batch of that
+    shape (convtri/graphs.py); a batch of another shape (an epoch's short last one) runs eagerly
+    and is never captured. If the capture fails, say why in one line and go on eagerly."""
     GRAPH_AFTER_STEPS = 3  # eager steps first: Triton compiles and autotunes, the optimizer makes its state
 
     def __init__(self, net, settings, run, cuda_graph=False):
         self.net = net.to(run.device)
         self.model = DistributedDataParallel(self.net) if run.world_size > 1 else self.net
         self.optimizer = make_optimizer(self.net.parameters(), settings, capturable=cuda_graph)
-        self.run, self.cuda_graph, self.graph, self.eager_steps = run, cuda_graph, None, 0
+        self.run, self.cuda_graph, self.graph = run, cuda_graph, None
+        self.training_shape, self.eager_steps = None, 0  # eager steps of the training shape
         self.reset()
 
     def reset(self):
-        self.loss_sum = self.correct = self.count = self.seconds = 0.0
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.run.device)
+        self.correct = torch.zeros((), dtype=torch.int64, device=self.run.device)
+        self.count, self.seconds = 0, 0.0
 
     def _step(self, x, y):
         """Forward, cross-entropy, backward, update, with the gradients already cleared: what a
@@ -169,23 +176,24 @@ class Trainee:
         return loss.detach(), (logits.argmax(1) == y).sum()
 
     def step(self, x, y):
-        """One training step: the one place to change how a step runs. Returns the batch's loss."""
+        """One training step, its loss and correct predictions added to the sums on the device
+        (nothing waits for it): the one place to change how a step runs."""
+        shape = (x.shape, y.shape)
+        if self.training_shape is None:
+            self.training_shape = shape
+        if (self.cuda_graph and self.graph is None and shape == self.training_shape
+                and self.eager_steps >= self.GRAPH_AFTER_STEPS):
+            self.optimizer.zero_grad()
+            self._capture(x, y)
         if self.graph is not None and self.graph.fits(x, y):
-            loss, correct = self.graph(x, y)
+            loss, correct = self.graph(x, y)  # the graph's outputs: added below before the next replay
         else:
             self.optimizer.zero_grad()
-            if self.cuda_graph and self.graph is None and self.eager_steps >= self.GRAPH_AFTER_STEPS:
-                self._capture(x, y)
-            if self.graph is not None and self.graph.fits(x, y):
-                loss, correct = self.graph(x, y)
-            else:
-                loss, correct = self._step(x, y)
-                self.eager_steps += 1
-        value = loss.item()
-        self.loss_sum += value * len(y)
-        self.correct += correct.item()
+            loss, correct = self._step(x, y)
+            self.eager_steps += shape == self.training_shape
+        self.loss_sum += loss * len(y)
+        self.correct += correct
         self.count += len(y)
-        return value
 
     def _capture(self, x, y):
         try:
@@ -197,16 +205,18 @@ class Trainee:
                          "training goes on without CUDA graphs")
 
     def timed_step(self, x, y, run):
+        """A step timed on its own, the device synchronised before and after it (--compare-torch
+        times the two networks' steps apart)."""
         run.synchronize()
         started = time.perf_counter()
-        loss = self.step(x, y)
+        self.step(x, y)
         run.synchronize()
         self.seconds += time.perf_counter() - started
-        return loss
 
     def epoch_stats(self, run):
         """(mean loss, train accuracy, examples/s) of the epoch over every rank."""
-        sums = torch.tensor([self.loss_sum, self.correct, self.count], dtype=torch.float64, device=run.device)
+        sums = torch.stack([self.loss_sum, self.correct.double(),
+                            torch.tensor(float(self.count), dtype=torch.float64, device=run.device)])
         if run.world_size > 1:
             dist.all_reduce(*run.hold(sums))
         loss_sum, correct, count = sums.tolist()
@@ -217,7 +227,17 @@ class Trainee:
 
     def load(self, state):
         self.net.load_state_dict(state["state_dict"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.optimizer.load_state_dict(with_capturable_of(self.optimizer, state["optimizer"]))
+
+
+def with_capturable_of(optimizer, saved):
+    """An optimizer's ``saved`` state with ``optimizer``'s own ``capturable`` flags. A checkpoint
+    holds the flags of the run that wrote it, which ``load_state_dict`` would restore (and place
+    Adam's step counts by): a --cuda-graph run's resumed without graphs, or on CPU, then fails its
+    first step, and one without graphs resumed with them fails every capture."""
+    groups = [{**saved_group, "capturable": group["capturable"]} if "capturable" in group else saved_group
+              for saved_group, group in zip(saved["param_groups"], optimizer.param_groups)]
+    return {**saved, "param_groups": groups}
 
 
 def max_parameter_difference(a, b):
@@ -250,16 +270,22 @@ class Clock:
     epochs_left: int
     started: float = field(default_factory=time.perf_counter)
     estimated: bool = False
+    first_batch_done: float = 0.0  # when the first batch of this session was launched
 
-    def after_batch(self, batches, examples, seconds, last):
+    def after_batch(self, batches, examples, spent, last):
         """Print the whole run's estimate once, from the batches after the first (which pays for
-        compilation and autotuning on a GPU): ``examples`` trained in ``seconds`` since then; at
-        the latest after the ``last`` batch of the first epoch."""
-        early = batches > ESTIMATE_AFTER_BATCHES or seconds >= ESTIMATE_AFTER_S or last
-        if self.estimated or batches < 2 or not early:
+        compilation and autotuning on a GPU): ``examples`` trained since then in ``spent()``
+        seconds, a reading that waits for the device; after ESTIMATE_AFTER_BATCHES batches or
+        ESTIMATE_AFTER_S seconds, at the latest after the ``last`` batch of the first epoch."""
+        if batches == 1:
+            self.first_batch_done = time.perf_counter()
+        if self.estimated or batches < 2:
+            return
+        if not (batches > ESTIMATE_AFTER_BATCHES or last
+                or time.perf_counter() - self.first_batch_done >= ESTIMATE_AFTER_S):
             return
         self.estimated = True
-        rate = examples / max(seconds, 1e-9)
+        rate = examples / max(spent(), 1e-9)
         total = self.epochs_left * (self.train_size + self.test_size / EVAL_SPEEDUP) / rate
         line = (f"estimate: about {duration(total)} for {self.epochs_left} epochs "
                 f"({rate:.0f} examples/s over batches 2-{batches})")
@@ -276,28 +302,45 @@ class Clock:
 
 
 def train_epoch(epoch, ours, twin, loaders, run, clock, settings):
-    """One epoch over the training batches, both networks on the very same batches; its metrics row."""
+    """One epoch over the training batches, both networks on the very same batches; its metrics row.
+
+    Nothing waits for the device per step: the loss and accuracy sums stay there, read every
+    CHECK_EVERY batches (``check_loss``, which also catches a non-finite loss then, at most
+    CHECK_EVERY - 1 steps late) and at the epoch's end. The epoch's examples/s is over the wall
+    time of its training loop; with --compare-torch each network's steps are timed apart, which
+    synchronises around every step."""
     train_loader, test_loader = loaders
     new_epoch(train_loader, settings["seed"], epoch)
-    for trainee in (ours, twin):
-        if trainee:
-            trainee.reset()
+    trainees = [trainee for trainee in (ours, twin) if trainee]
+    for trainee in trainees:
+        trainee.reset()
     show_bar = run.is_main and sys.stdout.isatty()  # elsewhere (a log file, a pipe) the epoch lines alone
     batches = tqdm(train_loader, desc=f"epoch {epoch}/{settings['epochs']}", disable=not show_bar, leave=False,
                    file=sys.stdout)
+    run.synchronize()
+    started = time.perf_counter()
+
+    def spent():
+        """Seconds this epoch's steps took so far, once the device has caught up."""
+        run.synchronize()
+        return sum(t.seconds for t in trainees) if twin else time.perf_counter() - started
+
     first_seconds = first_count = 0.0
     for i, (x, y) in enumerate(batches, 1):
         x, y = x.to(run.device), y.to(run.device)
-        loss = ours.timed_step(x, y, run)
-        if not math.isfinite(loss):
-            raise CommandError(f"the loss became {loss} in epoch {epoch}, batch {i}: the step is too large; "
-                               f"lower --lr (now {settings['lr']:g})")
-        if twin:
-            twin.timed_step(x, y, run)
+        for trainee in trainees:
+            if twin:
+                trainee.timed_step(x, y, run)
+            else:
+                trainee.step(x, y)
+        last = i == len(train_loader)
+        if i % CHECK_EVERY == 0 or last:
+            check_loss(ours, epoch, i, settings, batches if show_bar else None)
         if i == 1:
-            first_seconds, first_count = ours.seconds + (twin.seconds if twin else 0), ours.count
-        clock.after_batch(i, ours.count - first_count, ours.seconds + (twin.seconds if twin else 0) - first_seconds,
-                          last=i == len(train_loader))
+            first_seconds, first_count = spent(), ours.count
+        clock.after_batch(i, ours.count - first_count, lambda: spent() - first_seconds, last)
+    if not twin:
+        ours.seconds = spent()
     loss, train_acc, rate = ours.epoch_stats(run)
     test_loss, test_acc = split_metrics(ours.net, test_loader, run.device)
     row = dict(epoch=epoch, loss=loss, train_acc=train_acc, test_loss=test_loss, test_acc=test_acc,
@@ -309,6 +352,20 @@ def train_epoch(epoch, ours, twin, loaders, run, clock, settings):
                    torch_examples_per_s=twin_rate * run.world_size,
                    max_param_diff=max_parameter_difference(ours.net, twin.net))
     return row
+
+
+def check_loss(trainee, epoch, batch, settings, bar=None):
+    """Read the epoch's loss sum after ``batch`` (it waits for the device): a non-finite one is
+    an error naming the batches since the last check, where it became so; else the progress
+    ``bar`` shows the mean loss so far."""
+    total = trainee.loss_sum.item()
+    if not math.isfinite(total):
+        since = (batch - 1) // CHECK_EVERY * CHECK_EVERY + 1
+        where = f"batch {batch}" if since == batch else f"batches {since}-{batch}"
+        raise CommandError(f"the loss became {total} in epoch {epoch}, {where}: the step is too large; "
+                           f"lower --lr (now {settings['lr']:g})")
+    if bar is not None:
+        bar.set_postfix_str(f"loss {total / max(trainee.count, 1):.4f}", refresh=False)
 
 
 def epoch_line(row, settings, left):

@@ -12,6 +12,7 @@ import functools
 import triton
 import triton.language as tl
 
+from convtri.kernels import gpus
 from convtri.kernels.activations import activate, through_activation
 
 
@@ -566,22 +567,17 @@ MAX_BLOCK_K = max(bk for _, _, bk, _ in FWD_SHAPES)  # all BLOCK_K are powers of
 # A GEMM with this many output tiles of 128x128 or more fills an H100 (132 SMs) by itself: it
 # gets no tile smaller than 128x64, which only adds autotuning time there.
 LARGE_GEMM_TILES = 132
-SHARED_MEMORY = {(9, 0): 232448, (8, 0): 166912}  # bytes a block may use: sm_90 227 KiB, sm_80 163 KiB
 
 
-# (capability, shape, stages) left out: the 4-stage 128x256x64 weight gradient spills 112 bytes
-# (sm_90, fp16/bf16, perf/results/aot/headline-after.md); its 3-stage twin spills none
-WGRAD_SPILLING = {((9, 0), (128, 256, 64, 8), 4)}
-
-
-def _gemm_configs(capability, shapes, with_group_m, spilling=()):
-    """Autotune configs for an implicit GEMM. sm_90 has 228 KB of shared memory per SM and
-    affords deeper pipelines than sm_80 (164 KB)."""
-    stages = (3, 4) if capability >= (9, 0) else (2, 3)
+def _gemm_configs(capability, gemm, shapes, with_group_m):
+    """Autotune configs for implicit GEMM ``gemm`` ("fwd", "dgrad", "wgrad") on a GPU of
+    ``capability``: each tile shape at the pipeline depths its entry in kernels/gpus.py lists,
+    but those that spill there."""
+    entry = gpus.gpu(capability)
     group = {"GROUP_M": 8} if with_group_m else {}
     return tuple(
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, **group}, num_warps=warps, num_stages=st)
-        for bm, bn, bk, warps in shapes for st in stages if (tuple(capability), (bm, bn, bk, warps), st) not in spilling)
+        for bm, bn, bk, warps in shapes for st in entry.stages if not entry.spills(gemm, (bm, bn, bk, warps), st))
 
 
 # Configs compiled with some flags set spill beyond these blocks: FLAT_TAPS gathers build 2-D
@@ -601,18 +597,17 @@ def fits_flags(config, limits, flags):
                for name, most in blocks.items())
 
 
-def _prune_to_problem(m_arg, n_arg, k_arg, limits, operand):
-    """For a GPU of ``capability``: drop configs whose tile is far larger than the GEMM
-    dimension it covers (a 64-wide tile on 6 channels wastes 90% of its work), small tiles for
-    a GEMM that large tiles fill the GPU with, and those that spill with the flags set; shorten
-    a pipeline that exceeds the GPU's shared memory (``operand``: a tensor argument with the
-    operands' dtype) to the deepest that fits, of at least 2 stages, else drop it; keep at
-    least the smallest config."""
-    return lambda capability: functools.partial(_prune, m_arg, n_arg, k_arg, limits, operand,
-                                                SHARED_MEMORY.get(tuple(capability), min(SHARED_MEMORY.values())))
+def _prune_to_problem(gemm, m_arg, n_arg, k_arg, operand):
+    """For GEMM ``gemm`` on a GPU of ``capability``: drop configs whose tile is far larger than
+    the GEMM dimension it covers (a 64-wide tile on 6 channels wastes 90% of its work), small
+    tiles for a GEMM that large tiles fill the GPU with, and those that spill with the flags set
+    (FLAG_LIMITS, and the GPU's own entries in kernels/gpus.py); shorten a pipeline that exceeds
+    the GPU's shared memory (``operand``: a tensor argument with the operands' dtype) to the
+    deepest that fits, of at least 2 stages, else drop it; keep at least the smallest config."""
+    return lambda capability: functools.partial(_prune, gemm, m_arg, n_arg, k_arg, operand, gpus.gpu(capability))
 
 
-def _prune(m_arg, n_arg, k_arg, limits, operand, shared, configs, named_args, **kwargs):
+def _prune(gemm, m_arg, n_arg, k_arg, operand, gpu, configs, named_args, **kwargs):
     m, n, k = (arg(named_args) for arg in (m_arg, n_arg, k_arg))
     t = named_args[operand]
     large = triton.cdiv(m, 128) * triton.cdiv(n, 128) >= LARGE_GEMM_TILES
@@ -623,24 +618,26 @@ def _prune(m_arg, n_arg, k_arg, limits, operand, shared, configs, named_args, **
                 and b["BLOCK_N"] <= max(16, 2 * triton.next_power_of_2(n))
                 and b["BLOCK_K"] <= max(16, 2 * triton.next_power_of_2(k))
                 and (not large or b["BLOCK_M"] * b["BLOCK_N"] >= 128 * 64)
-                and fits_flags(cfg, limits, kwargs))
+                and fits_flags(cfg, FLAG_LIMITS[gemm], kwargs)
+                and not gpu.spills(gemm, (b["BLOCK_M"], b["BLOCK_N"], b["BLOCK_K"], cfg.num_warps), cfg.num_stages,
+                                   kwargs))
     kept = {}
     for config in configs:
-        config = within_shared_memory(config, shared, t.element_size()) if fits(config) else None
+        config = within_shared_memory(config, gpu, t.element_size()) if fits(config) else None
         if config is not None:
             kept.setdefault((tuple(sorted(config.kwargs.items())), config.num_warps, config.num_stages), config)
     return (list(kept.values())
             or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"])])
 
 
-def within_shared_memory(config, shared, element_size):
+def within_shared_memory(config, gpu, element_size):
     """``config``, or its tile with the deepest pipeline of at least 2 stages whose operand
-    buffers fit ``shared`` bytes (None if none does). tf32 tiles with BLOCK_K = 64 fit sm_90
-    at 2 stages only, where their main loops issue 0.35 (128x256x64 forward, 0 spills) to 0.66
-    (256x128x64 wgrad, 24 spill bytes) instructions per tensor-core cycle, against 0.52 and
+    buffers fit ``gpu``'s shared memory (None if none does). tf32 tiles with BLOCK_K = 64 fit
+    sm_90 at 2 stages only, where their main loops issue 0.35 (128x256x64 forward, 0 spills) to
+    0.66 (256x128x64 wgrad, 24 spill bytes) instructions per tensor-core cycle, against 0.52 and
     0.80 for the deepest BLOCK_K = 32 tiles without spills (perf/results/aot/tf32-sm90.md)."""
     stage_bytes = (config.kwargs["BLOCK_M"] + config.kwargs["BLOCK_N"]) * config.kwargs["BLOCK_K"] * element_size
-    stages = min(config.num_stages, shared // stage_bytes)
+    stages = min(config.num_stages, gpu.deepest(stage_bytes))
     if stages < 2:
         return None
     if stages == config.num_stages:
@@ -659,24 +656,24 @@ def _k_per_group(a):
 
 
 def conv2d_fwd_configs(capability):
-    return _gemm_configs(capability, FWD_SHAPES, with_group_m=True)
+    return _gemm_configs(capability, "fwd", FWD_SHAPES, with_group_m=True)
 
 
-conv2d_fwd_prune = _prune_to_problem(lambda a: a["N"] * a["P"] * a["Q"], _k_per_group, _c_per_group,
-                                     FLAG_LIMITS["fwd"], "x_ptr")
+conv2d_fwd_prune = _prune_to_problem("fwd", lambda a: a["N"] * a["P"] * a["Q"], _k_per_group, _c_per_group,
+                                     "x_ptr")
 
 
 def conv2d_dgrad_configs(capability):
-    return _gemm_configs(capability, DGRAD_SHAPES, with_group_m=False)
+    return _gemm_configs(capability, "dgrad", DGRAD_SHAPES, with_group_m=False)
 
 
-conv2d_dgrad_prune = _prune_to_problem(lambda a: a["N"] * a["H"] * a["W"], _c_per_group, _k_per_group,
-                                       FLAG_LIMITS["dgrad"], "dy_ptr")
+conv2d_dgrad_prune = _prune_to_problem("dgrad", lambda a: a["N"] * a["H"] * a["W"], _c_per_group, _k_per_group,
+                                       "dy_ptr")
 
 
 def conv2d_wgrad_configs(capability):
-    return _gemm_configs(capability, WGRAD_SHAPES, with_group_m=False, spilling=WGRAD_SPILLING)
+    return _gemm_configs(capability, "wgrad", WGRAD_SHAPES, with_group_m=False)
 
 
-conv2d_wgrad_prune = _prune_to_problem(_k_per_group, _c_per_group, lambda a: a["N"] * a["P"] * a["Q"],
-                                       FLAG_LIMITS["wgrad"], "x_ptr")
+conv2d_wgrad_prune = _prune_to_problem("wgrad", _k_per_group, _c_per_group, lambda a: a["N"] * a["P"] * a["Q"],
+                                       "x_ptr")

@@ -52,7 +52,8 @@ from triton.runtime.jit import create_function_from_signature
 import convtri
 from convtri import conv_launch
 from convtri._dispatch import clear_plans
-from convtri._launch import Launch
+from convtri._launch import COMPILE_OPTIONS, Launch
+from convtri.kernels import gpus
 
 PERF_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, PERF_DIR)
@@ -79,11 +80,19 @@ class Target:
         return (self.arch // 10, self.arch % 10)
 
 
-TARGETS = {
-    # H100 SXM: 989 TFLOP/s dense fp16 (495 tf32) at 1.83 GHz over 132 SMs; 227 KiB per block
-    90: Target(90, 132, 232448, {"fp16": 4096, "bf16": 4096, "tf32": 2048}),
-    # A100: 312 TFLOP/s dense fp16 (156 tf32) at 1.41 GHz over 108 SMs; 163 KiB per block
-    80: Target(80, 108, 166912, {"fp16": 2048, "bf16": 2048, "tf32": 1024}),
+def _target(arch, sms, tensor_flop_per_clock=None):
+    return Target(arch, sms, gpus.GPUS[(arch // 10, arch % 10)].shared_memory, tensor_flop_per_clock or {})
+
+
+TARGETS = {  # the GPUs of convtri/kernels/gpus.py, each as one of its models (its SM count)
+    # H100 SXM: 989 TFLOP/s dense fp16 (495 tf32) at 1.83 GHz over 132 SMs
+    90: _target(90, 132, {"fp16": 4096, "bf16": 4096, "tf32": 2048}),
+    # A100: 312 TFLOP/s dense fp16 (156 tf32) at 1.41 GHz over 108 SMs
+    80: _target(80, 108, {"fp16": 2048, "bf16": 2048, "tf32": 1024}),
+    86: _target(86, 84),  # RTX 3090 Ti (issue/tensor ratios only for the two above)
+    89: _target(89, 142),  # L40S
+    100: _target(100, 148),  # B200
+    120: _target(120, 170),  # RTX 5090
 }
 TENSOR_CORE_OPS = ("HGMMA", "HMMA", "DMMA", "IMMA")
 
@@ -149,12 +158,13 @@ def launches_of(call, target, tf32=True):
 def launch_configs(launch, tensors, target):
     """The configs ``launch`` runs with on ``target``: those its autotuner tries there (after the
     launch-time prune), else its fixed blocks with Triton's default warps and stages. Each as
-    the keyword arguments the kernel is called with."""
+    the keyword arguments the kernel is called with, the compile options every launch passes
+    (convtri._launch.COMPILE_OPTIONS) included, so that a compile here has a real call's key."""
     if launch.tuning is None:
-        return [{**launch.meta, **launch.blocks}]
+        return [{**launch.meta, **launch.blocks, **COMPILE_OPTIONS}]
     configs, _, prune = launch.tuning
     named = dict(zip(launch.kernel.arg_names, (*tensors, *launch.scalars)))
-    return [{**launch.meta, **config.all_kwargs()}
+    return [{**launch.meta, **config.all_kwargs(), **COMPILE_OPTIONS}
             for config in prune(target.capability)(list(configs(target.capability)), named, **launch.meta)]
 
 
@@ -353,7 +363,8 @@ def issue_tensor_ratio(figures, check, precision, target):
     """Cycles the main loop takes to issue over the cycles its tensor-core work takes, per SM:
     (loop instructions x warps / 4) / (2*BM*BN*BK / tensor FLOP per clock). Above 1 the loop
     cannot feed the tensor cores. None without tensor cores in the loop or a GEMM tile."""
-    if not (figures["hgmma"] or figures["hmma"]) or precision is None or len(check.tile) != 3:
+    if (not (figures["hgmma"] or figures["hmma"]) or precision is None or len(check.tile) != 3
+            or precision not in target.tensor_flop_per_clock):
         return None
     bm, bn, bk = check.tile
     issue = figures["loop_instructions"] * check.options["num_warps"] / ISSUE_PER_CLOCK

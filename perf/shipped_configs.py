@@ -49,6 +49,7 @@ import convtri
 from convtri import _launch
 from convtri._launch import Launch
 from convtri.kernels import conv2d as conv_kernels
+from convtri.kernels import gpus
 
 PERF_DIR = os.path.dirname(os.path.abspath(__file__))
 TESTS_DIR = os.path.join(os.path.dirname(PERF_DIR), "tests")
@@ -71,25 +72,20 @@ COLUMNS = ["problem", "dtype", "round", "kernel", "config", "status", "outputs",
 SMOKE_PROBLEMS = ("flat_taps",)  # --smoke: the cheapest problem with all three GEMMs
 STICKY_EXIT = 3  # the runner's exit status when its CUDA context is lost (perf/gpu_session.py restarts it)
 
-# Autotuned GEMM kernels, whose prunes (kernels/conv2d.py's _prune) limit tiles per flag and
-# shorten pipelines to shared memory: the tile limits of each.
+# Autotuned GEMM kernels, whose prunes (kernels/conv2d.py's _prune) limit tiles per flag, leave
+# out what spills with a flag set and shorten pipelines to shared memory: the GEMM of each.
 GEMM_LIMITS = {
-    conv_kernels.conv2d_fwd_kernel: conv_kernels.FLAG_LIMITS["fwd"],
-    conv_kernels.conv2d_dgrad_kernel: conv_kernels.FLAG_LIMITS["dgrad"],
-    conv_kernels.conv2d_wgrad_kernel: conv_kernels.FLAG_LIMITS["wgrad"],
+    conv_kernels.conv2d_fwd_kernel: "fwd",
+    conv_kernels.conv2d_dgrad_kernel: "dgrad",
+    conv_kernels.conv2d_wgrad_kernel: "wgrad",
 }
 
 
 # ----------------------------------------------------------------------------- the configs
 
 def capabilities():
-    """The GPUs kernels/conv2d.py has configs for."""
-    return sorted(conv_kernels.SHARED_MEMORY)
-
-
-def shared_memory(capability):
-    """Bytes one block may use on ``capability``, as the GEMM prunes read it."""
-    return conv_kernels.SHARED_MEMORY.get(tuple(capability), min(conv_kernels.SHARED_MEMORY.values()))
+    """The GPUs kernels/gpus.py lists."""
+    return sorted(gpus.GPUS)
 
 
 def configs_of(launch, capability, element_size):
@@ -99,13 +95,15 @@ def configs_of(launch, capability, element_size):
     if launch.tuning is None:
         return [triton.Config(dict(launch.blocks))]
     configs = launch.tuning[0](capability)
-    limits = GEMM_LIMITS.get(launch.kernel)
-    if limits is None:  # a prune that only fits tiles to the problem
+    gemm = GEMM_LIMITS.get(launch.kernel)
+    if gemm is None:  # a prune that only fits tiles to the problem
         return list(configs)
-    kept = {}
+    gpu, kept = gpus.gpu(capability), {}
     for config in configs:
-        if conv_kernels.fits_flags(config, limits, launch.meta):
-            config = conv_kernels.within_shared_memory(config, shared_memory(capability), element_size)
+        shape = (*(config.kwargs[f"BLOCK_{axis}"] for axis in "MNK"), config.num_warps)
+        if (conv_kernels.fits_flags(config, conv_kernels.FLAG_LIMITS[gemm], launch.meta)
+                and not gpu.spills(gemm, shape, config.num_stages, launch.meta)):
+            config = conv_kernels.within_shared_memory(config, gpu, element_size)
             if config is not None:
                 kept.setdefault(label(config, options=True), config)
     return list(kept.values())

@@ -282,6 +282,21 @@ def test_ctrl_c_keeps_the_last_epoch_and_resume_finishes_the_same_run(tmp_path, 
     assert status == 0 and len(read_metrics(stopped)) == 3
 
 
+def test_resume_on_cpu_of_a_cuda_graph_run(tmp_path, capsys, torch_layers):
+    # a --cuda-graph run's checkpoint holds Adam groups with capturable=True; resumed on CPU its
+    # first step failed ("If capturable=True, params and state_steps must be on supported devices")
+    out = tmp_path / "run"
+    assert run(capsys, "lenet", *TINY, "--variant", "d2l", "--epochs", "1", "--out", out)[0] == 0  # Adam
+    saved = torch.load(out / "checkpoint.pt")
+    for group in saved["optimizer"]["param_groups"]:
+        group["capturable"] = True
+    torch.save(saved, out / "checkpoint.pt")
+    status, printed, err = run(capsys, "lenet", "--resume", out, "--epochs", "2")
+    assert status == 0, err
+    assert len(read_metrics(out)) == 2
+    assert [g["capturable"] for g in torch.load(out / "checkpoint.pt")["optimizer"]["param_groups"]] == [False]
+
+
 def test_ctrl_c_in_the_first_epoch_leaves_no_folder(tmp_path, capsys, monkeypatch, torch_layers):
     interrupt_at_step(monkeypatch, 2)
     status, printed, err = run(capsys, "lenet", *TINY, "--out", tmp_path / "run")

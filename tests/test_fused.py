@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 import convtri
 import parity
+from convtri.kernels import relayout
 from test_conv2d import reduction_lengths
 from test_host_path import PassThrough
 
@@ -54,6 +55,25 @@ def test_parity_low_precision(activation, dtype, device):
     x = torch.randn(2, 16, 9, 9, dtype=dtype, device=device)
     w = torch.randn(32, 16, 3, 3, dtype=dtype, device=device) / 4
     check(x, w, torch.randn(32, dtype=dtype, device=device), activation, stride=2, padding=1)
+
+
+@pytest.mark.parametrize("needs", [(True, True), (True, False), (False, True)])
+def test_nchw_backward_copies_dy_and_y_once(needs, launches):
+    """NCHW with 20 and 24 channels: both gradient GEMMs read dy and the saved output y along
+    channels, from channels_last copies; one copy of each serves both (each GEMM made its own
+    before). The other copies: w for dgrad, x for wgrad, dgrad's channels_last dx back to NCHW."""
+    x = torch.randn(2, 20, 7, 6, requires_grad=needs[0])
+    w = torch.randn(24, 20, 3, 3, requires_grad=needs[1])
+    y = convtri.conv2d(x, w, padding=1, activation="relu")
+    dy = torch.randn_like(y)
+    launches.clear()
+    y.backward(dy)
+    sources = [seen[0].data_ptr for name, seen in launches if name == relayout.relayout_kernel.__name__]
+    assert sources.count(dy.data_ptr()) == 1 and sources.count(y.data_ptr()) == 1
+    assert sources.count(w.data_ptr()) == needs[0] and sources.count(x.data_ptr()) == needs[1]
+    assert len(sources) == 2 + 2 * needs[0] + needs[1]
+    torch.testing.assert_close(x.grad if needs[0] else w.grad, torch.autograd.grad(
+        F.relu(F.conv2d(x, w, padding=1)), x if needs[0] else w, dy)[0], rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
@@ -185,8 +205,10 @@ def test_cuda_graph_training_matches_eager(optimizer):
     batches = [(torch.randn(32, 1, 28, 28, device="cuda"), torch.randint(0, 10, (32,), device="cuda"))
                for _ in range(6)] + [(torch.randn(8, 1, 28, 28, device="cuda"), torch.randint(0, 10, (8,), device="cuda"))]
     for x, y in batches:
-        assert eager.step(x, y) == pytest.approx(graphed.step(x, y), rel=1e-4, abs=1e-5)
-    assert graphed.graph is not None
+        eager.step(x, y)
+        graphed.step(x, y)
+        assert eager.loss_sum.item() == pytest.approx(graphed.loss_sum.item(), rel=1e-4, abs=1e-5)
+    assert graphed.graph is not None and graphed.graph.fits(*batches[0])
     for p, q in zip(eager.net.parameters(), graphed.net.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
 

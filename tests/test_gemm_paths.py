@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import convtri
 import convtri.conv_launch
-from convtri.kernels import relayout
+from convtri.kernels import gpus, relayout
 from test_conv2d import check_parity
 
 SMALL_TILE_CASES = [
@@ -50,22 +50,22 @@ def test_split_reduction_with_small_tiles(monkeypatch, small_tiles):
     check_parity(x, w, torch.randn(18, dtype=torch.float64), padding=1, stride=(1, 2))
 
 
-@pytest.mark.parametrize("conv, x_shape, w_shape", [
-    (convtri.conv2d, (2, 20, 6, 6), (24, 20, 3, 3)),
-    (convtri.conv_transpose2d, (2, 20, 6, 6), (20, 24, 3, 3)),
+@pytest.mark.parametrize("conv, x_shape, w_shape, copied", [
+    (convtri.conv2d, (2, 20, 6, 6), (24, 20, 3, 3), 7),  # (x, w -> y), (dy, w -> dx), (x): dy once for both
+    (convtri.conv_transpose2d, (2, 20, 6, 6), (20, 24, 3, 3), 8),  # (x, w -> y), (dy, w -> dx), (dy, x)
 ])
-def test_nchw_operands_are_copied_to_channels_last_once_each(conv, x_shape, w_shape, launches):
+def test_nchw_operands_are_copied_to_channels_last_once_each(conv, x_shape, w_shape, copied, launches):
     """More than 16 channels in NCHW: our relayout kernel copies the input and the weight to
-    channels_last before each GEMM (dy too in the backward), and the NCHW output (y, dx) back
-    from the channels_last buffer the GEMM wrote; channels_last operands, and few channels
-    (FLAT_TAPS reads them in place), are not copied."""
+    channels_last before each GEMM (dy too in the backward: once for conv2d's two gradient
+    GEMMs), and the NCHW output (y, dx) back from the channels_last buffer the GEMM wrote;
+    channels_last operands, and few channels (FLAT_TAPS reads them in place), are not copied."""
     x = torch.randn(x_shape, requires_grad=True)
     w = torch.randn(w_shape, requires_grad=True)
     y = conv(x, w)
     y.backward(torch.randn_like(y))
     copies = [name for name, _ in launches if name == relayout.relayout_kernel.__name__]
     gemms = [name for name, _ in launches if name != relayout.relayout_kernel.__name__]
-    assert len(gemms) == 3 and len(copies) == 8  # (x, w -> y), (dy, w -> dx), (x, dy)
+    assert len(gemms) == 3 and len(copies) == copied
     launches.clear()
     x_cl = x.detach().to(memory_format=torch.channels_last).requires_grad_()
     w_cl = w.detach().to(memory_format=torch.channels_last).requires_grad_()
@@ -96,7 +96,7 @@ def test_pipelines_shortened_to_fit_shared_memory(dtype):
     stages = {}
     for c in kept:
         stages.setdefault(shape(c), []).append(c.num_stages)
-        assert (sum(shape(c)[:2]) * shape(c)[2] * dtype.itemsize * c.num_stages <= kernels.SHARED_MEMORY[(9, 0)])
+        assert (sum(shape(c)[:2]) * shape(c)[2] * dtype.itemsize * c.num_stages <= gpus.GPUS[(9, 0)].shared_memory)
     assert len(set(map(lambda c: (shape(c), c.num_stages), kept))) == len(kept)  # no config twice
     if dtype == torch.float32:
         assert stages[(128, 256, 64, 8)] == stages[(256, 128, 64, 8)] == [2]

@@ -21,6 +21,7 @@ from triton.runtime.jit import JITFunction
 import convtri.kernels
 from convtri import conv_launch
 from convtri.kernels import conv2d as conv_kernels
+from convtri.kernels import gpus
 from convtri.kernels import pool2d as pool_kernels
 from convtri.kernels import relayout
 from test_perf import PERF
@@ -67,19 +68,23 @@ def launches():
             for launch, _ in table.meta_launches(problem, dtype, table.CPU_TARGET, tf32=False)]
 
 
-def test_every_gemm_config_is_forced(launches):
-    """The block sizes of every config of every autotuned kernel, on every GPU kernels/conv2d.py
-    lists (pipelines shortened to its shared memory, as the prunes do), are forced by some problem."""
+def test_every_autotuned_config_is_forced(launches):
+    """The block sizes of every config of every autotuned kernel, on every GPU kernels/gpus.py
+    lists (GEMM pipelines shortened to its shared memory, as the prunes do), are forced by some
+    problem: the GEMMs' and the direct depthwise kernels'."""
     forced, shipped = collections.defaultdict(set), {}
     for _, launch in launches:
         if launch.tuning is not None:
             name, configs = launch.kernel.__name__, launch.tuning[0]
+            gemm = launch.kernel in table.GEMM_LIMITS
             forced[name] |= {table.label(config) for config in table.interpreter_configs(launch)}
             shipped[name] = {table.label(config) for capability in table.capabilities()
                              for config in configs(capability)
-                             if conv_kernels.within_shared_memory(config, table.shared_memory(capability), 2)}
-    assert set(shipped) == {"conv2d_fwd_kernel", "conv2d_dgrad_kernel", "conv2d_wgrad_kernel"}
-    assert forced == shipped  # 15 tile shapes each today (LARGE_SHAPES + SMALL_SHAPES: 16 with warps)
+                             if not gemm or conv_kernels.within_shared_memory(config, gpus.gpu(capability), 2)}
+    assert set(shipped) == {"conv2d_fwd_kernel", "conv2d_dgrad_kernel", "conv2d_wgrad_kernel", "depthwise_fwd_kernel",
+                            "depthwise_dgrad_kernel", "depthwise_wgrad_kernel"}
+    assert forced == shipped  # 15 GEMM tile shapes each (LARGE_SHAPES + SMALL_SHAPES: 16 with warps), the
+    # depthwise SHAPES and WGRAD_SHAPES
 
 
 def test_every_kernel_is_launched(launches):
@@ -99,7 +104,8 @@ def test_fixed_blocks_are_the_cuda_blocks(launches):
     whole = collections.defaultdict(set)
     for dtype, launch in launches:
         size, name, blocks = table.DTYPES[dtype].itemsize, launch.kernel.__name__, launch.blocks
-        if "CHANNELS_LAST" in launch.meta and math.prod(blocks.values()) * size == pool_kernels.CUDA_TILE_BYTES:
+        if (launch.tuning is None and "CHANNELS_LAST" in launch.meta
+                and math.prod(blocks.values()) * size == pool_kernels.CUDA_TILE_BYTES):
             whole[name].add((size, launch.meta["CHANNELS_LAST"]))
         if name == "relayout_kernel":
             assert blocks == dict(BLOCK_P=relayout.BLOCK_PIXELS, BLOCK_C=relayout.BLOCK_CHANNELS)
