@@ -437,9 +437,10 @@ def adaptive_avg_pool2d(input, output_size):
                                             output_size)
         return plan(input)
     _args.check_tensor(input, "input")
-    if input.dim() < 3:  # torch's functional checks this before the op, with a ValueError
-        raise ValueError(f"adaptive_avg_pool2d: expected input to be 3-D (C, H, W) or 4-D (N, C, H, W), got input "
-                         f"of size {list(input.shape)}")
+    if not isinstance(output_size, int) and input.dim() <= len(output_size):
+        # torch's functional checks a sequence's length against the input first, with a ValueError
+        raise ValueError(f"adaptive_avg_pool2d: expected input to be 3-D (C, H, W) or 4-D (N, C, H, W) for "
+                         f"output_size={output_size!r}, got input of size {list(input.shape)}")
     output_size = adaptive_output_size(output_size, input.shape[-2:])
     if is_eager(input):  # unbatched (or invalid) input
         op = lambda x: adaptive_avg_pool2d(x, output_size)

@@ -301,11 +301,12 @@ def depthwise_wgrad_kernel(
 # (BLOCK_A, BLOCK_B, num_warps): a tile of BLOCK_A x BLOCK_B outputs along contiguous memory on
 # axis 1 (channels, or columns in NCHW). Not yet measured on a GPU: the autotuner picks per layer
 # among those that fit in registers (``_prune_to``).
-SHAPES = [(64, 64, 4), (128, 32, 4), (32, 128, 4), (128, 64, 8), (256, 32, 8), (32, 64, 4), (64, 32, 4), (128, 16, 4),
-          (16, 64, 4), (64, 16, 4), (32, 32, 4)]
+# Tiles of one size list the tallest first (more pixels, less halo per output).
+SHAPES = [(256, 32, 8), (128, 64, 8), (128, 32, 4), (64, 64, 4), (32, 128, 4), (128, 16, 4), (64, 32, 4), (32, 64, 4),
+          (64, 16, 4), (32, 32, 4), (16, 64, 4)]
 # The weight gradient keeps a tile per tap (TAP_ROWS x S of them): smaller tiles
-WGRAD_SHAPES = [(32, 64, 4), (64, 32, 4), (128, 16, 4), (16, 64, 4), (32, 32, 4), (64, 16, 4), (128, 8, 4), (32, 16, 4),
-                (64, 8, 4)]
+WGRAD_SHAPES = [(128, 16, 4), (64, 32, 4), (32, 64, 4), (128, 8, 4), (64, 16, 4), (32, 32, 4), (16, 64, 4), (64, 8, 4),
+                (32, 16, 4)]
 # Register budgets, as bytes per thread over the taps one loop iteration unrolls: what the
 # forward and input gradient load in flight (elements per thread x their dtype, per tap), what
 # the weight gradient accumulates (as many fp32 per tap). In NCHW an element loads alone, with
@@ -320,6 +321,9 @@ WGRAD_SHAPES = [(32, 64, 4), (64, 32, 4), (128, 16, 4), (16, 64, 4), (32, 32, 4)
 THREAD_BYTES = 576
 NCHW_COST = 4
 MAX_REGISTERS = 255
+# A thread's share of a channels_last tile holds at least one 16-byte vector along channels:
+# narrower shares load 8 bytes at a time (4 fp16 per thread of 32x16 and 64x8 tiles, sm_80/90)
+VECTOR_BYTES = 16
 # Taps a weight-gradient program accumulates: whole kernel rows of up to this many taps (a 3x3
 # window at once, 5x5 and 7x7 a row at a time), so that a tile of two fp16 vectors per thread
 # fits THREAD_BYTES of fp32 accumulators
@@ -344,21 +348,22 @@ def unrolled_taps(rows, columns):
     return rows * columns if rows * columns <= UNROLLED_TAPS else columns
 
 
-def _prune_to(axis_a, axis_b, tap_bytes):
+def _prune_to(axis_a, axis_b, tap_bytes, pointer):
     """Keep the tiles whose axes are no more than twice the extents they tile (at least 16 and 8
     wide) and that fit the register budget (THREAD_BYTES, with ``tap_bytes`` per element per
-    thread), and at least the smallest tile. The extents and bytes are functions of the
-    kernel's arguments."""
+    thread), in channels_last at least VECTOR_BYTES per thread, and at least the smallest
+    tile. The extents and bytes are functions of the kernel's arguments (``pointer``'s dtype)."""
     def prune(configs, named_args, **kwargs):
         args = {**named_args, **kwargs}
         a, b = axis_a(args), axis_b(args)
         layout_cost = 1 if args["CHANNELS_LAST"] else NCHW_COST
+        least = VECTOR_BYTES // args[pointer].dtype.itemsize if args["CHANNELS_LAST"] else 1
 
         def fits(cfg):
             per_thread = cfg.kwargs["BLOCK_A"] * cfg.kwargs["BLOCK_B"] // (32 * cfg.num_warps)
             return (cfg.kwargs["BLOCK_A"] <= max(16, 2 * triton.next_power_of_2(a))
                     and cfg.kwargs["BLOCK_B"] <= max(8, 2 * triton.next_power_of_2(b))
-                    and per_thread * tap_bytes(args) * layout_cost <= THREAD_BYTES)
+                    and per_thread * tap_bytes(args) * layout_cost <= THREAD_BYTES and per_thread >= least)
         kept = [cfg for cfg in configs if fits(cfg)]
         return kept or [min(configs, key=lambda cfg: cfg.kwargs["BLOCK_A"] * cfg.kwargs["BLOCK_B"])]
     return lambda capability: prune
@@ -385,10 +390,10 @@ def _accumulated(a):
     return max(4, a["x_ptr"].dtype.itemsize) * a["TAP_ROWS"] * a["S"]
 
 
-depthwise_fwd_prune = _prune_to(*_fwd_axes("K", "P", "Q"), _loaded("x_ptr", "R", "S"))
+depthwise_fwd_prune = _prune_to(*_fwd_axes("K", "P", "Q"), _loaded("x_ptr", "R", "S"), "x_ptr")
 # The input gradient's row loop also finds each row's covering windows: at 32 outputs per
 # thread a 7x7 one spilled 112-168 bytes where 5x5 and the forward's did not (sm_90, fp16)
 DGRAD_ROW_LOOP_COST = 1.5
 depthwise_dgrad_prune = _prune_to(*_fwd_axes("C", "H", "W"), _loaded("dy_ptr", "COVER_H", "COVER_W",
-                                                                       DGRAD_ROW_LOOP_COST))
-depthwise_wgrad_prune = _prune_to(lambda a: a["P"] * a["Q"], lambda a: a["K"] * a["C_G"], _accumulated)
+                                                                       DGRAD_ROW_LOOP_COST), "dy_ptr")
+depthwise_wgrad_prune = _prune_to(lambda a: a["P"] * a["Q"], lambda a: a["K"] * a["C_G"], _accumulated, "x_ptr")

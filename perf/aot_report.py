@@ -50,7 +50,7 @@ from triton.compiler import ASTSource, make_backend
 from triton.runtime.jit import create_function_from_signature
 
 import convtri
-from convtri import conv_launch
+from convtri import conv_launch, depthwise_launch
 from convtri._dispatch import clear_plans
 from convtri._launch import COMPILE_OPTIONS, Launch
 from convtri.kernels import gpus
@@ -322,7 +322,7 @@ def sass_figures(sass):
                      for bits, n in sorted(widths(base).items()))
     mma = collections.Counter(op for op in body if lo_op(op) in TENSOR_CORE_OPS)
     store_widths = collections.Counter(_bits(op) for _, op, _ in instructions if lo_op(op) == "STG")
-    return dict(stg128=store_widths[128], stores=" ".join(f"STG.{bits}*{n}" for bits, n in sorted(store_widths.items())),
+    return dict(instructions=len(instructions), stg128=store_widths[128], stores=" ".join(f"STG.{bits}*{n}" for bits, n in sorted(store_widths.items())),
                 hgmma=count("HGMMA"), hmma=count("HMMA"), mma=" ".join(f"{op}*{n}" for op, n in sorted(mma.items())),
                 ldg=count("LDG"), ldg128=widths("LDG")[128], ldgsts=count("LDGSTS"), ldgsts128=widths("LDGSTS")[128],
                 utmaldg=count("UTMALDG"), loads=loads, local_in_loop=count("LDL") + count("STL") if main else None,
@@ -376,7 +376,8 @@ def issue_tensor_ratio(figures, check, precision, target):
 COLUMNS = ["kernel", "config", "layer", "dtype", "arch", "layout", "regs", "spill_bytes", "smem_bytes", "hgmma",
            "hmma", "ldg128", "loop_instructions", "issue_tensor_ratio", "precision", "dots", "smem_limit", "mma", "ldg",
            "ldgsts", "ldgsts128", "utmaldg", "loads", "local_in_loop", "loop", "num_warps", "num_stages", "tile",
-           "class_layers", "specialisation", "compile_s", "triton", "commit", "stg128", "stores", "traffic_ratio"]
+           "class_layers", "specialisation", "compile_s", "triton", "commit", "stg128", "stores", "traffic_ratio",
+           "instructions", "fwd_instructions_per_output"]
 
 
 @dataclass
@@ -454,6 +455,27 @@ def traffic_ratio(check, shape):
     return round((read / written + 1) / (in_hw[0] * in_hw[1] / (out_hw[0] * out_hw[1]) + 1), 3)
 
 
+def forward_instructions_per_output(check, figures, shape):
+    """For a forward kernel (the GEMM's or the direct depthwise one): SASS instructions a thread
+    issues per output it writes, the main loop counted once per iteration the layer makes it run
+    (the GEMM's reduction steps, the depthwise kernel's kernel rows when it loops over them).
+    An SM issues 4 x 32 thread-instructions per clock. None for other kernels."""
+    c = check.constexpr
+    if check.name not in ("conv2d_fwd", "depthwise_fwd") or shape.kind != "conv":
+        return None
+    c_per_group = shape.c // shape.groups
+    if check.name == "conv2d_fwd":
+        bm, bn, bk = c("BLOCK_M"), c("BLOCK_N"), c("BLOCK_K")
+        steps = (-(-c_per_group * shape.r * shape.s // bk) if c("FLAT_TAPS")
+                 else shape.r * shape.s * -(-c_per_group // bk))
+        tile = bm * bn
+    else:
+        steps = shape.r if figures["loop_instructions"] else 1  # a loop over kernel rows, else all unrolled
+        tile = c("BLOCK_A") * c("BLOCK_B")
+    per_thread = figures["instructions"] + (figures["loop_instructions"] or 0) * (steps - 1)
+    return round(per_thread / (tile / (32 * check.options["num_warps"])), 1)
+
+
 def rows_of(members, figures, commit):
     rows = []
     for m in members:
@@ -461,7 +483,8 @@ def rows_of(members, figures, commit):
         precision = m.precision if f["dots"] else None
         ratio = issue_tensor_ratio(f, check, precision, target)
         traffic = traffic_ratio(check, LAYERS[m.layers[0]])
-        rows.append({**f, "traffic_ratio": traffic, "kernel": check.name, "config": check.config, "layer": m.layers[0],
+        per_output = forward_instructions_per_output(check, f, LAYERS[m.layers[0]])
+        rows.append({**f, "traffic_ratio": traffic, "fwd_instructions_per_output": per_output, "kernel": check.name, "config": check.config, "layer": m.layers[0],
                      "dtype": m.dtype,
                      "arch": f"sm_{check.arch}", "layout": m.layout, "precision": precision or "",
                      "issue_tensor_ratio": round(ratio, 3) if ratio is not None else None,
@@ -474,9 +497,10 @@ def rows_of(members, figures, commit):
 
 PRINTED = [("kernel", 14), ("config", 15), ("layer", 34), ("dtype", 5), ("arch", 5), ("layout", 6), ("regs", 4),
            ("spill_bytes", 6), ("smem_bytes", 7), ("hgmma", 5), ("hmma", 4), ("ldgsts128", 9), ("ldg128", 6),
-           ("stg128", 6), ("loop_instructions", 5), ("issue_tensor_ratio", 6), ("traffic_ratio", 7)]
+           ("stg128", 6), ("loop_instructions", 5), ("issue_tensor_ratio", 6), ("traffic_ratio", 7),
+           ("fwd_instructions_per_output", 7)]
 HEADINGS = {"spill_bytes": "spill", "smem_bytes": "smem", "ldgsts128": "ldgsts128", "loop_instructions": "loop",
-            "issue_tensor_ratio": "i/t", "traffic_ratio": "traffic"}
+            "issue_tensor_ratio": "i/t", "traffic_ratio": "traffic", "fwd_instructions_per_output": "i/out"}
 
 
 def print_table(rows):
@@ -515,6 +539,10 @@ def write_csv(rows, path):
 
 # ----------------------------------------------------------------------------- command line
 
+ROUTES = {"auto": None, "gemm": lambda groups, c_per_group, k_per_group: False,
+          "direct": lambda groups, c_per_group, k_per_group: groups > 1}
+
+
 def parse_args(argv):
     suites = [name for name in shapes.SUITES if name not in ("smoke", "all")]
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -529,6 +557,10 @@ def parse_args(argv):
     p.add_argument("--tf32", choices=["on", "off"], default="on",
                    help="torch.backends.cudnn.allow_tf32 (fp32 GEMMs in tf32; default on, torch's default)")
     p.add_argument("--largest", action="store_true", help="only the largest config of each launch")
+    p.add_argument("--route", choices=list(ROUTES), default="auto",
+                   help="gemm: grouped layers with one channel per group on a side on the GEMMs, as before the "
+                        "direct depthwise kernels; direct: every grouped layer on the direct kernels (what decides "
+                        "convtri/depthwise_launch.py's is_direct); default: the route calls take")
     p.add_argument("--jobs", type=int, default=2, help="compiling processes (default 2)")
     p.add_argument("--csv", help="also write the rows to this CSV (gzipped if it ends in .gz)")
     p.add_argument("--markdown", help="also write the printed columns to this markdown file")
@@ -553,8 +585,10 @@ def main(argv=None):
     args = parse_args(argv)
     start = time.perf_counter()
     layers = select_layers(args.suites, args.shapes)
-    members = plan_report(layers, args.archs, args.dtypes, args.layouts, args.tf32 == "on", args.largest,
-                          args.kernels)
+    route = ROUTES[args.route]
+    with mock.patch.object(depthwise_launch, "is_direct", route) if route else contextlib.nullcontext():
+        members = plan_report(layers, args.archs, args.dtypes, args.layouts, args.tf32 == "on", args.largest,
+                              args.kernels)
     figures = compile_all([m.check for m in members], args.jobs)
     rows = rows_of(members, figures, sweep.git_commit())
     print_table(rows)

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 import convtri
 import convtri.conv_launch
+from convtri import _launch
 from convtri._launch import MAX_INT32, MAX_PIXELS
 import parity
 from tolerances import assert_close
@@ -67,6 +68,10 @@ HUGE_OPS = {  # name -> (ours, torch's, the other tensors for C input channels, 
     "conv2d": (convtri.conv2d, F.conv2d, lambda c: [torch.randn(3, c, 3, 3), torch.randn(3)], dict(padding=1)),
     "conv_transpose2d": (convtri.conv_transpose2d, F.conv_transpose2d,
                          lambda c: [torch.randn(c, 2, 3, 3), torch.randn(2)], dict(stride=2, padding=1)),
+    # the direct kernels: depthwise, multiplier 2
+    "depthwise": (lambda x, w, b, **k: convtri.conv2d(x, w, b, groups=x.shape[1], **k),
+                  lambda x, w, b, **k: F.conv2d(x, w, b, groups=x.shape[1], **k),
+                  lambda c: [torch.randn(2 * c, 1, 3, 3), torch.randn(2 * c)], dict(padding=1)),
     "max_pool2d": (convtri.max_pool2d, F.max_pool2d, lambda c: [], dict(kernel_size=2)),
     "avg_pool2d": (convtri.avg_pool2d, F.avg_pool2d, lambda c: [], dict(kernel_size=3, stride=2, padding=1)),
     "adaptive_avg_pool2d": (convtri.adaptive_avg_pool2d, F.adaptive_avg_pool2d, lambda c: [],
@@ -78,9 +83,11 @@ HUGE_OPS = {  # name -> (ours, torch's, the other tensors for C input channels, 
 # channels: channel 2 at 2^31, past int32 in a channel-times-stride product
 @pytest.mark.parametrize("layout", ["batch", "channels"])
 @pytest.mark.parametrize("name", HUGE_OPS)
-def test_offsets_past_int32(huge, name, layout):
+def test_offsets_past_int32(huge, name, layout, monkeypatch):
     """An input and an output gradient whose elements lie more than 2^31 elements apart, read
-    where they are: forward and every gradient against torch on float64 copies."""
+    where they are: forward and every gradient against torch on float64 copies, with the
+    interpreter checking every int32 addition and multiplication for overflow."""
+    monkeypatch.setenv(_launch.SANITIZE_ENV, "1")
     ours, theirs, others, kwargs = HUGE_OPS[name]
     n, c = (2, 2) if layout == "batch" else (1, 3)
     x = far_apart(huge, (n, c, 4, 5), layout, offset=0)

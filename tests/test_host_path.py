@@ -290,3 +290,21 @@ def test_interpreter_leaves_triton_language_as_it_was():
     convtri.conv2d(x, w).sum().backward()  # the wgrad kernel calls tl.sum
     convtri.max_pool2d(x, 2).sum().backward()
     assert {name: getattr(tl, name) for name in names} == before
+
+
+@pytest.mark.parametrize("env, checked", [(None, False), ("0", False), ("1", True)])
+def test_interpreter_overflow_checks_follow_the_environment(env, checked, monkeypatch):
+    """The interpreter's int32 overflow checks (about 40% of its time) are off unless
+    CONVTRI_SANITIZE_OVERFLOW=1, during a launch only: its builder's option is restored after."""
+    from triton.runtime import interpreter
+    if env is None:
+        monkeypatch.delenv(_launch.SANITIZE_ENV, raising=False)
+    else:
+        monkeypatch.setenv(_launch.SANITIZE_ENV, env)
+    before = interpreter.interpreter_builder.options
+    seen = []
+    run = _launch.InterpretedFunction.run
+    monkeypatch.setattr(_launch.InterpretedFunction, "run", lambda self, *args, **kwargs: (
+        seen.append(interpreter.interpreter_builder.options.sanitize_overflow), run(self, *args, **kwargs))[1])
+    convtri.conv2d(torch.randn(1, 2, 4, 4), torch.randn(2, 1, 3, 3), groups=2)
+    assert seen == [checked] and interpreter.interpreter_builder.options is before

@@ -11,6 +11,11 @@ import convtri
 from tolerances import assert_close
 
 op_db = pytest.importorskip("torch.testing._internal.common_methods_invocations").op_db
+# Importing torch's test internals freezes torch.backends' flags (common_utils calls
+# torch.backends.disable_global_flags()) for the whole process: thaw them, so that the rest of
+# the suite may set cudnn flags as users do
+torch.backends.flags_frozen.__globals__["__allow_nonbracketed_mutation_flag"] = True
+assert not torch.backends.flags_frozen()
 
 OURS = {"nn.functional.conv1d": convtri.conv1d, "nn.functional.conv2d": convtri.conv2d,
         "nn.functional.conv_transpose2d": convtri.conv_transpose2d, "nn.functional.max_pool2d": convtri.max_pool2d,
