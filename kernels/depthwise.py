@@ -60,26 +60,18 @@ UNROLLED_TAPS = tl.constexpr(16)
 
 
 @triton.jit
-def input_channel(k, j, C_G: tl.constexpr, K_G: tl.constexpr):
-    """Input channel j of output channel k's group, written so that depthwise layers (C_G = K_G
-    = 1) keep k itself, whose contiguity Triton sees."""
-    if C_G == 1 and K_G == 1:
-        return k
-    elif C_G == 1:
-        return k // K_G
+def group_channel(x, i, X_G: tl.constexpr, Y_G: tl.constexpr):
+    """Channel i on the other side of channel x's group, whose sides hold X_G (x's) and Y_G
+    channels: (x // X_G) * Y_G + i. Output channel k's input channels are
+    group_channel(k, j, K_G, C_G), input channel c's outputs group_channel(c, i, C_G, K_G).
+    Written so that depthwise layers (one channel on each side) keep x itself, whose
+    contiguity Triton sees."""
+    if X_G == 1 and Y_G == 1:
+        return x
+    elif Y_G == 1:
+        return x // X_G
     else:
-        return (k // K_G) * C_G + j
-
-
-@triton.jit
-def output_channel(c, i, C_G: tl.constexpr, K_G: tl.constexpr):
-    """Output channel i of input channel c's group (see ``input_channel``)."""
-    if C_G == 1 and K_G == 1:
-        return c
-    elif K_G == 1:
-        return c // C_G
-    else:
-        return (c // C_G) * K_G + i
+        return (x // X_G) * Y_G + i
 
 
 @triton.jit
@@ -123,7 +115,7 @@ def depthwise_fwd_kernel(
     k_ok = b_ok if CHANNELS_LAST else a_ok  # the tile's output channels that exist
     w_k = w_ptr + k.to(tl.int64) * stride_wk
     for j in range(C_G):
-        c = input_channel(k, j, C_G, K_G)
+        c = group_channel(k, j, K_G, C_G)
         for r in tl.range(R, loop_unroll_factor=R if R * S <= UNROLLED_TAPS else 1):  # as ``unrolled_taps``
             for s in tl.static_range(S):
                 x_offsets, x_ok = tap_offsets(n, c, p, q, r, s, H, W, stride_xn, stride_xc, stride_xh, stride_xw, SH,
@@ -179,7 +171,7 @@ def depthwise_dgrad_kernel(
     c_ok = b_ok if CHANNELS_LAST else a_ok  # the tile's input channels that exist
     w_c = w_ptr + (c % C_G).to(tl.int64) * stride_wc
     for i in range(K_G):
-        k = output_channel(c, i, C_G, K_G)
+        k = group_channel(c, i, C_G, K_G)
         for jh in tl.range(COVER_H, loop_unroll_factor=COVER_H if COVER_H * COVER_W <= UNROLLED_TAPS else 1):
             p, r, p_ok = covering_window(h, jh, H, P, R, SH, PH, DH, COVER_H, False)
             for jw in tl.static_range(COVER_W):
@@ -245,8 +237,8 @@ def depthwise_wgrad_kernel(
     e = (tl.program_id(0) % e_blocks) * BLOCK_B + tl.arange(0, BLOCK_B)
     r0 = (tl.program_id(0) // e_blocks) * TAP_ROWS
     split = tl.program_id(1)
-    k = output_channel(e, 0, C_G, 1)  # e // C_G
-    c = input_channel(k, e % C_G, C_G, K_G)
+    k = group_channel(e, 0, C_G, 1)  # e // C_G
+    c = group_channel(k, e % C_G, K_G, C_G)
     e_ok = e < K * C_G
     pixel_blocks = tl.cdiv(P * Q, BLOCK_A)
     steps = N * pixel_blocks
