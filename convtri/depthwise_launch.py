@@ -61,13 +61,19 @@ class DepthwiseForward(Forward):
         y = self.y.gemm
         channels_last, blocks, grid, tuning = _tiles(x, y.size, y.stride, kernels.depthwise_configs,
                                                      kernels.depthwise_fwd_prune)
-        # One program: a tile of y, output pixels x channels or output rows x columns.
+        run = kernels.FORWARD_RUN if channels_last and s > 1 and q > 1 else 1
+        if run > 1:  # channels_last runs of ``run`` output columns
+            runs = n * p * triton.cdiv(q, run)
+            blocks = dict(blocks, BLOCK_A=block(runs, blocks["BLOCK_A"]))
+            grid = lambda meta: (triton.cdiv(runs, meta["BLOCK_A"]), triton.cdiv(k, meta["BLOCK_B"]))
+        # One program: a tile of y, output pixels (or runs of output columns) x channels, or
+        # output rows x columns.
         return Launch(kernels.depthwise_fwd_kernel, grid,
                       (n, c, h, wd, k, p, q, *x.stride(), *w.stride(), *y.stride, b.stride(0) if b is not None else 0),
                       blocks, tuning, **_window(geom, r, s), C_G=c // geom.groups, K_G=k // geom.groups,
                       HAS_BIAS=b is not None, PAD_MODE=geom.pad_mode, ACTIVATION=activation, SAVE_PREACTIVATION=save,
                       CHANNELS_LAST=channels_last, ALIGN_X=_align(channels_last, _layout(x)),
-                      ALIGN_Y=_align(channels_last, (y.size, y.stride)))
+                      ALIGN_Y=_align(channels_last, (y.size, y.stride)), RUN=run)
 
 
 class DepthwiseDgrad(Dgrad):

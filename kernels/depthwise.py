@@ -21,7 +21,7 @@ import triton.language as tl
 
 from convtri.kernels.activations import activate, through_activation
 from convtri.kernels.conv2d import padded_index
-from convtri.kernels.pool2d import covering_window, offsets, plane_tile, shifted_offsets, tile_coords
+from convtri.kernels.pool2d import below, covering_window, offsets, plane_tile, shifted_offsets, tile_coords
 
 
 @triton.jit
@@ -96,18 +96,26 @@ def depthwise_fwd_kernel(
     DH: tl.constexpr, DW: tl.constexpr, C_G: tl.constexpr, K_G: tl.constexpr,
     # flags
     HAS_BIAS: tl.constexpr, PAD_MODE: tl.constexpr, ACTIVATION: tl.constexpr, SAVE_PREACTIVATION: tl.constexpr,
-    CHANNELS_LAST: tl.constexpr, ALIGN_X: tl.constexpr, ALIGN_Y: tl.constexpr,
+    CHANNELS_LAST: tl.constexpr, ALIGN_X: tl.constexpr, ALIGN_Y: tl.constexpr, RUN: tl.constexpr,
     BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr,
 ):
     """y[n, k, p, q] = act(b[k] + sum_{j, r, s} x[n, (k // K_G)*C_G + j, h(p, r), w(q, s)] * w[k, j, r, s]).
 
     One program computes a [BLOCK_A, BLOCK_B] tile of y: output pixels x channels
-    (CHANNELS_LAST) or output rows (n, k, p) x columns. With SAVE_PREACTIVATION it also writes
-    z, the sum before the activation, which the backward of an activation whose derivative the
-    output does not give (SiLU, GELU) reads. Grid: (cdiv(N*P*Q, BLOCK_A), cdiv(K, BLOCK_B)) or
+    (CHANNELS_LAST) or output rows (n, k, p) x columns; with RUN > 1 (channels_last) BLOCK_A
+    runs of RUN output columns x channels (``_forward_runs``). With SAVE_PREACTIVATION it also
+    writes z, the sum before the activation, which the backward of an activation whose
+    derivative the output does not give (SiLU, GELU) reads. Grid: (cdiv(N*P*Q, BLOCK_A),
+    cdiv(K, BLOCK_B)), (cdiv(N*P*cdiv(Q, RUN), BLOCK_A), cdiv(K, BLOCK_B)) or
     (cdiv(N*K*P, BLOCK_A), cdiv(Q, BLOCK_B)). ALIGN_X, ALIGN_Y: as the pooling kernels'.
     x: (N, C, H, W), w: (K, C_G, R, S), b: (K,), y, z: (N, K, P, Q).
     """
+    if RUN > 1:
+        _forward_runs(x_ptr, w_ptr, b_ptr, y_ptr, z_ptr, N, H, W, K, P, Q, stride_xn, stride_xc, stride_xh, stride_xw,
+                      stride_wk, stride_wc, stride_wr, stride_ws, stride_yn, stride_yk, stride_yp, stride_yq, stride_b,
+                      R, S, SH, SW, PH, PW, DH, DW, C_G, K_G, HAS_BIAS, PAD_MODE, ACTIVATION, SAVE_PREACTIVATION,
+                      ALIGN_X, ALIGN_Y, RUN, BLOCK_A, BLOCK_B)
+        return
     n, k, p, q, a_ok, b_ok = tile_coords(N, K, P, Q, CHANNELS_LAST, ALIGN_Y, BLOCK_A, BLOCK_B)
     tile_ok = a_ok & b_ok
     ACC_TYPE: tl.constexpr = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
@@ -123,12 +131,67 @@ def depthwise_fwd_kernel(
                 v = tl.load(x_ptr + x_offsets, mask=tile_ok & x_ok, other=0.)
                 tap = tl.load(w_k + (j * stride_wc + r * stride_wr + s * stride_ws), mask=k_ok, other=0.)
                 acc += v.to(ACC_TYPE) * tap.to(ACC_TYPE)
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + k * stride_b, mask=k_ok, other=0.).to(ACC_TYPE)
+    bias = tl.load(b_ptr + k * stride_b, mask=k_ok, other=0.).to(ACC_TYPE) if HAS_BIAS else 0.
     y_offsets = offsets(n, k, p, q, stride_yn, stride_yk, stride_yp, stride_yq, ALIGN_Y, CHANNELS_LAST)
+    _store_output(acc + bias, y_ptr, z_ptr, y_offsets, tile_ok, ACTIVATION, SAVE_PREACTIVATION)
+
+
+@triton.jit
+def _store_output(z, y_ptr, z_ptr, y_offsets, ok, ACTIVATION: tl.constexpr, SAVE_PREACTIVATION: tl.constexpr):
+    """The forward's epilogue: y = act(z) stored, and z too with SAVE_PREACTIVATION."""
     if SAVE_PREACTIVATION:
-        tl.store(z_ptr + y_offsets, acc.to(z_ptr.dtype.element_ty), mask=tile_ok)
-    tl.store(y_ptr + y_offsets, activate(acc, ACTIVATION).to(y_ptr.dtype.element_ty), mask=tile_ok)
+        tl.store(z_ptr + y_offsets, z.to(z_ptr.dtype.element_ty), mask=ok)
+    tl.store(y_ptr + y_offsets, activate(z, ACTIVATION).to(y_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def _forward_runs(x_ptr, w_ptr, b_ptr, y_ptr, z_ptr, N, H, W, K, P, Q, stride_xn, stride_xc, stride_xh, stride_xw,
+                  stride_wk, stride_wc, stride_wr, stride_ws, stride_yn, stride_yk, stride_yp, stride_yq, stride_b,
+                  R: tl.constexpr, S: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr,
+                  PW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr, C_G: tl.constexpr, K_G: tl.constexpr,
+                  HAS_BIAS: tl.constexpr, PAD_MODE: tl.constexpr, ACTIVATION: tl.constexpr,
+                  SAVE_PREACTIVATION: tl.constexpr, ALIGN_X: tl.constexpr, ALIGN_Y: tl.constexpr, RUN: tl.constexpr,
+                  BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr):
+    """depthwise_fwd_kernel's channels_last tile as runs: BLOCK_A runs of RUN consecutive output
+    columns (n, p, q0 .. q0 + RUN - 1) x BLOCK_B channels. Per kernel row, the SPAN input columns
+    that the run's windows cover are each loaded and widened once and shared by the taps that
+    read them (RUN x S taps from SPAN = (RUN - 1)*SW + (S - 1)*DW + 1 loads, where tiles of
+    single pixels load RUN x S), and the row's S weights once for the run."""
+    runs = tl.cdiv(Q, RUN)
+    a = tl.program_id(0) * BLOCK_A + tl.arange(0, BLOCK_A)
+    kk = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
+    n, p, q0 = (a // (P * runs))[:, None], ((a // runs) % P)[:, None], ((a % runs) * RUN)[:, None]
+    k = kk[None, :]
+    a_ok, k_ok = (a < N * P * runs)[:, None], below(kk, K, ALIGN_Y)[None, :]
+    SPAN: tl.constexpr = (RUN - 1) * SW + (S - 1) * DW + 1
+    ACC_TYPE: tl.constexpr = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
+    accs = (tl.zeros((BLOCK_A, BLOCK_B), dtype=ACC_TYPE),) * RUN
+    w_k = w_ptr + k.to(tl.int64) * stride_wk
+    for j in range(C_G):
+        c = group_channel(k, j, K_G, C_G)
+        for r in tl.range(R, loop_unroll_factor=R if R * S <= UNROLLED_TAPS else 1):  # as ``unrolled_taps``
+            taps = ()
+            for s in tl.static_range(S):
+                taps = taps + (tl.load(w_k + (j * stride_wc + r * stride_wr + s * stride_ws), mask=k_ok,
+                                       other=0.).to(ACC_TYPE),)
+            columns = ()
+            for o in tl.static_range(SPAN):  # input column q0*SW - PW + o of the run's row
+                x_offsets, x_ok = tap_offsets(n, c, p, q0, r, o, H, W, stride_xn, stride_xc, stride_xh, stride_xw,
+                                              SH, SW, PH, PW, DH, 1, PAD_MODE, ALIGN_X, True)
+                columns = columns + (tl.load(x_ptr + x_offsets, mask=a_ok & k_ok & x_ok, other=0.).to(ACC_TYPE),)
+            updated = ()
+            for t in tl.static_range(RUN):
+                acc = accs[t]
+                for s in tl.static_range(S):
+                    acc += columns[t * SW + s * DW] * taps[s]
+                updated = updated + (acc,)
+            accs = updated
+    bias = tl.load(b_ptr + k * stride_b, mask=k_ok, other=0.).to(ACC_TYPE) if HAS_BIAS else 0.
+    for t in tl.static_range(RUN):
+        q = q0 + t
+        y_offsets = offsets(n, k, p, q, stride_yn, stride_yk, stride_yp, stride_yq, ALIGN_Y, True)
+        _store_output(accs[t] + bias, y_ptr, z_ptr, y_offsets, a_ok & k_ok & (q < Q), ACTIVATION,
+                      SAVE_PREACTIVATION)
 
 
 @triton.jit
@@ -311,11 +374,18 @@ WGRAD_SHAPES = [(128, 16, 4), (64, 32, 4), (32, 64, 4), (128, 8, 4), (64, 16, 4)
 # occupancy and spills to reach it. MAX_REGISTERS (PTX .maxnreg) lets it use what it needs, as
 # ptxas 12 does, so that both compile alike.
 THREAD_BYTES = 576
+# A forward in runs (channels_last) holds widened fp32 columns and RUN accumulators per element:
+# at 16 elements per thread its 5x5 and 7x7 rows (768 and 896 bytes) took 223 and 251
+# registers without spills, its 3x3 windows (all rows unrolled, 1408 bytes) spilled 8-48 bytes
+RUN_THREAD_BYTES = 1024
 NCHW_COST = 4
 MAX_REGISTERS = 255
 # A thread's share of a channels_last tile holds at least one 16-byte vector along channels:
 # narrower shares load 8 bytes at a time (4 fp16 per thread of 32x16 and 64x8 tiles, sm_80/90)
 VECTOR_BYTES = 16
+# Output columns a channels_last forward program computes in a run, sharing each input column
+# its windows read (``_forward_runs``)
+FORWARD_RUN = 4
 # Taps a weight-gradient program accumulates: whole kernel rows of up to this many taps (a 3x3
 # window at once, 5x5 and 7x7 a row at a time), so that a tile of two fp16 vectors per thread
 # fits THREAD_BYTES of fp32 accumulators
@@ -342,36 +412,43 @@ def unrolled_taps(rows, columns):
 
 def _prune_to(axis_a, axis_b, tap_bytes, pointer):
     """Keep the tiles whose axes are no more than twice the extents they tile (at least 16 and 8
-    wide) and that fit the register budget (THREAD_BYTES, with ``tap_bytes`` per element per
-    thread), in channels_last at least VECTOR_BYTES per thread, and at least the smallest
-    tile. The extents and bytes are functions of the kernel's arguments (``pointer``'s dtype)."""
+    wide) and that fit the register budget (THREAD_BYTES, RUN_THREAD_BYTES for a forward in runs,
+    with ``tap_bytes`` per element per thread), in channels_last at least VECTOR_BYTES per
+    thread, and at least the smallest tile. The extents and bytes are functions of the kernel's arguments (``pointer``'s dtype)."""
     def prune(configs, named_args, **kwargs):
         args = {**named_args, **kwargs}
         a, b = axis_a(args), axis_b(args)
         layout_cost = 1 if args["CHANNELS_LAST"] else NCHW_COST
         least = VECTOR_BYTES // args[pointer].dtype.itemsize if args["CHANNELS_LAST"] else 1
+        budget = RUN_THREAD_BYTES if args.get("RUN", 1) > 1 else THREAD_BYTES
 
         def fits(cfg):
             per_thread = cfg.kwargs["BLOCK_A"] * cfg.kwargs["BLOCK_B"] // (32 * cfg.num_warps)
             return (cfg.kwargs["BLOCK_A"] <= max(16, 2 * triton.next_power_of_2(a))
                     and cfg.kwargs["BLOCK_B"] <= max(8, 2 * triton.next_power_of_2(b))
-                    and per_thread * tap_bytes(args) * layout_cost <= THREAD_BYTES and per_thread >= least)
+                    and per_thread * tap_bytes(args) * layout_cost <= budget and per_thread >= least)
         kept = [cfg for cfg in configs if fits(cfg)]
         return kept or [min(configs, key=lambda cfg: cfg.kwargs["BLOCK_A"] * cfg.kwargs["BLOCK_B"])]
     return lambda capability: prune
 
 
 def _fwd_axes(out_c, out_h, out_w):
-    """A forward-style tile's extents (axis 0, axis 1) over an (N, out_c, out_h, out_w) output."""
-    return (lambda a: a["N"] * a[out_h] * a[out_w] if a["CHANNELS_LAST"] else a["N"] * a[out_c] * a[out_h],
+    """A forward-style tile's extents (axis 0, axis 1) over an (N, out_c, out_h, out_w) output:
+    pixels (or runs of RUN columns) x channels, or rows x columns."""
+    return (lambda a: (a["N"] * a[out_h] * triton.cdiv(a[out_w], a.get("RUN", 1)) if a["CHANNELS_LAST"]
+                       else a["N"] * a[out_c] * a[out_h]),
             lambda a: a[out_c] if a["CHANNELS_LAST"] else a[out_w])
 
 
 def _loaded(pointer, rows, columns, row_loop_cost=1.):
     """Bytes an element of a tile loads per iteration of the tap loop; a loop over kernel rows
-    (windows beyond UNROLLED_TAPS) counts each tap ``row_loop_cost`` times."""
+    (windows beyond UNROLLED_TAPS) counts each tap ``row_loop_cost`` times. A forward in runs
+    (RUN > 1) holds, per run and kernel row, its SPAN widened input columns and RUN accumulators."""
     def loaded(a):
         taps = unrolled_taps(a[rows], a[columns])
+        if a.get("RUN", 1) > 1:  # RUN accumulators, and SPAN widened columns per kernel row unrolled
+            span = (a["RUN"] - 1) * a["SW"] + (a["S"] - 1) * a["DW"] + 1
+            return max(4, a[pointer].dtype.itemsize) * (a["RUN"] + span * (taps // a["S"]))
         cost = row_loop_cost if taps < a[rows] * a[columns] else 1.
         return a[pointer].dtype.itemsize * taps * cost
     return loaded

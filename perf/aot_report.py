@@ -195,6 +195,9 @@ class Check:
         return self.kernel.split(":")[1].removesuffix("_kernel")
 
     def constexpr(self, name):
+        """The constant value of argument ``name``; None where it is not one (or not an argument)."""
+        if name not in self.signature:
+            return None
         return self.constexprs.get((list(self.signature).index(name),))
 
     @property
@@ -433,9 +436,9 @@ def traffic_ratio(check, shape):
     """For the direct depthwise kernels, the DRAM bytes one program's tile moves per element it
     writes (or, for the weight gradient, per dy element it reduces), counting its window's halo
     as read again, over the layer's minimum (every tensor moved once); None for other kernels.
-    A tile of BLOCK_A consecutive pixels (channels_last, and the weight gradient) or rows
-    (NCHW) of one plane, starting at a row's start; halos shared with other programs through
-    L2 count for each."""
+    A tile of BLOCK_A consecutive pixels (channels_last, and the weight gradient; BLOCK_A x RUN
+    for a forward in runs) or rows (NCHW) of one plane, starting at a row's start; halos shared
+    with other programs through L2 count for each."""
     if not check.name.startswith("depthwise") or shape.kind != "conv":
         return None
     c = check.constexpr
@@ -446,6 +449,7 @@ def traffic_ratio(check, shape):
         out_hw, in_hw, reach = (h, w), (p, q), _covered
     else:  # writes y (reduces dy) tiles, reads the x under their windows
         out_hw, in_hw, reach = (p, q), (h, w), _span
+    a *= c("RUN") or 1  # a forward in runs: BLOCK_A runs of RUN output columns, consecutive
     if c("CHANNELS_LAST") or check.name == "depthwise_wgrad":
         rows, cols = -(-min(a, out_hw[0] * out_hw[1]) // out_hw[1]), min(a, out_hw[1])
     else:
@@ -471,7 +475,7 @@ def forward_instructions_per_output(check, figures, shape):
         tile = bm * bn
     else:
         steps = shape.r if figures["loop_instructions"] else 1  # a loop over kernel rows, else all unrolled
-        tile = c("BLOCK_A") * c("BLOCK_B")
+        tile = c("BLOCK_A") * c("BLOCK_B") * (c("RUN") or 1)  # RUN output columns per row of the tile
     per_thread = figures["instructions"] + (figures["loop_instructions"] or 0) * (steps - 1)
     return round(per_thread / (tile / (32 * check.options["num_warps"])), 1)
 
