@@ -1,18 +1,23 @@
-"""The two rooms of the code: the library (convtri/, kernels/) never imports the application
-(convtri/lenet/), and the application uses the library's public names alone."""
+"""The two rooms of the code (README, "How the code is laid out"): the library (convtri/, kernels/)
+never imports the application (convtri/lenet/), the application uses the library's public names
+alone, and the README's map names every library file and only names that exist."""
 import ast
 import importlib
 import importlib.util
 import pathlib
+import re
 import subprocess
 import sys
 import types
+
+import torch
 
 import convtri
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 APP = "convtri.lenet"
 DOOR = "convtri.__main__"  # `python -m convtri`: the application's door, in the library's folder
+MAP_TITLE = "## How the code is laid out"
 
 
 def library_files():
@@ -91,3 +96,71 @@ def test_the_application_uses_the_library_public_names_alone():
                     and node.attr not in convtri.__all__ and not node.attr.startswith("__")):
                 wrong.append(f"{where}:{node.lineno}: convtri.{node.attr}")
     assert not wrong, wrong
+
+
+# ----------------------------------------------------------------------------- the README's map
+
+PATH = re.compile(r"(convtri|kernels|tests|perf)/([\w.]+/?)*")
+NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+OP = "torch.ops.convtri."
+
+
+def map_section():
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index(MAP_TITLE)
+    end = readme.find("\n## ", start + len(MAP_TITLE))
+    return readme[start:end if end >= 0 else None]
+
+
+def resolve(owner, dotted):
+    """The object ``dotted`` names in ``owner`` (a module, or a folder whose names are its files)."""
+    if isinstance(owner, pathlib.Path):
+        first, _, rest = dotted.partition(".")
+        assert (owner / f"{first}.py").is_file() or (owner / first).is_dir(), f"no {first} in {owner}"
+        assert not rest, f"{dotted}: only file names are checked in a folder"
+        return
+    obj = owner
+    for part in dotted.split("."):
+        assert hasattr(obj, part), f"{getattr(owner, '__name__', owner)} has no {dotted}"
+        obj = getattr(obj, part)
+
+
+def check_cell(cell):
+    """Each backticked name refers to the last file or folder named before it in the cell (the
+    public package ``convtri`` before any); ``convtri.*`` to the package, ``torch.ops.convtri.*``
+    to a registered op."""
+    owner = convtri
+    for token in re.findall(r"`([^`]+)`", cell):
+        if PATH.fullmatch(token):
+            path = ROOT / token
+            assert path.exists(), f"{token} does not exist"
+            if path.is_dir():
+                owner = path
+            elif path.suffix == ".py" and path.parent.name in ("convtri", "kernels") and module_name(path) != DOOR:
+                owner = importlib.import_module(module_name(path))
+            else:
+                owner = convtri
+        elif token.startswith(OP):
+            assert token == OP + "*" or hasattr(torch.ops.convtri, token[len(OP):]), f"no custom op {token}"
+        elif token == "convtri" or token.startswith("convtri."):  # the package, wherever it is named
+            resolve(convtri, token.partition(".")[2] or "__name__")
+        elif NAME.fullmatch(token):
+            resolve(owner, token)
+
+
+def test_readme_map_names_every_library_file_once():
+    bullets = [line for line in map_section().splitlines() if line.startswith("- `")]
+    firsts = [re.match(r"- `([^`]+)`", line).group(1) for line in bullets]
+    library = [str(path.relative_to(ROOT)) for path in library_files()]
+    named = [first for first in firsts if first in library]
+    assert sorted(named) == library, (f"not named: {sorted(set(library) - set(named))}; "
+                                      f"named twice: {sorted({f for f in named if named.count(f) > 1})}")
+    assert "convtri/lenet/" in firsts  # the application's one line
+
+
+def test_readme_map_names_only_what_exists():
+    lines = [line for line in map_section().splitlines()[1:] if "`" in line]
+    assert len(lines) > 20
+    for line in lines:
+        for cell in line.split("|"):
+            check_cell(cell)
