@@ -1,8 +1,8 @@
 """CUDA graphs: a call captured once and replayed, with no host work per kernel (issue 16).
 
-``capture`` serves any callable (perf/ uses it to time kernels alone); ``GraphedStep`` a
-whole training step (forward, loss, backward, optimizer update) of ``convtri lenet
---cuda-graph``."""
+Public, ``convtri.graphs``: ``capture`` serves any callable (perf/ uses it to time kernels
+alone); ``GraphedStep`` a whole training step (forward, loss, backward, optimizer update), as
+``convtri lenet --cuda-graph`` runs it."""
 import torch
 
 

@@ -91,7 +91,7 @@ SHIPPED_CONFIGS = os.path.join(PERF_DIR, "shipped_configs.py")  # the configs st
 STICKY_EXIT = 3  # its exit status when a kernel broke its CUDA context (shipped_configs.STICKY_EXIT)
 MAX_RESTARTS = 20  # of the configs runner within its share
 INSTALL = ["-m", "pip", "install", "--no-deps", "--no-build-isolation", "-e", "."]
-SOURCE_DIRS = ("convtri", "kernels", "perf", "tests")
+SOURCE_DIRS = ("convtri", "convtri/lenet", "kernels", "perf", "tests", "tests/lenet")
 
 # The quick stage's sweep: do_bench settings as the first H100 session used.
 QUICK_ARGS = ["--suite", "quick", "--graph", "--warmup-ms", "10", "--rep-ms", "50"]

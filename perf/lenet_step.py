@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from convtri.convert import convert
-from convtri.models import VARIANTS, LeNet, TorchLeNet
+from convtri.lenet.models import VARIANTS, LeNet, TorchLeNet
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import sweep  # noqa: E402  (perf/sweep.py: environment, CUDA-graph capture, CSV writer)

@@ -138,30 +138,6 @@ def test_bad_activation(call, error, words):
         call()
 
 
-@pytest.mark.parametrize("variant", ["d2l", "modern"])
-def test_convert_fuse_keeps_parameters_outputs_and_gradients(variant):
-    torch.manual_seed(0)
-    plain = convtri.models.LeNet(variant).double()
-    fused = convtri.models.LeNet(variant).double()
-    fused.load_state_dict(plain.state_dict())
-    params = list(fused.parameters())
-    assert convtri.convert(fused, fuse=True) is fused
-    assert [p is q for p, q in zip(fused.parameters(), params)] == [True] * len(params)  # the same tensors
-    assert list(fused.state_dict()) == list(plain.state_dict())
-    act = "sigmoid" if variant == "d2l" else "relu"
-    assert [fused[i].activation for i in (0, 3)] == [act, act]
-    assert all(isinstance(fused[i], torch.nn.Identity) for i in (1, 4))
-    assert not isinstance(fused[8], torch.nn.Identity)  # linear layers' activations stay
-    x = torch.randn(4, 1, 28, 28, dtype=torch.float64)
-    outputs = []
-    for model in (plain, fused):
-        y = model(x)
-        y.square().sum().backward()
-        outputs.append([y.detach(), *[p.grad for p in model.parameters()]])
-    for a, b in zip(*outputs):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
-
-
 def test_convert_fuses_the_activations_modern_nets_use():
     # each by exact class, GELU by its approximation, Hardtanh only as ReLU6; Conv1d as Conv2d
     nn = torch.nn
@@ -187,39 +163,3 @@ def test_convert_fuse_from_torch_layers():
     assert type(model[2]) is torch.nn.Sigmoid  # one activation per convolution
     assert model[3].activation == "sigmoid" and isinstance(model[4], torch.nn.Identity)
     assert "activation='relu'" in repr(model[0])
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
-def test_cuda_graph_training_matches_eager(optimizer):
-    """`convtri lenet --cuda-graph`: after its eager steps the whole step is captured and
-    replayed; the parameters follow the eager run's, batch after batch, a smaller last
-    batch included."""
-    from convtri.training import Run, Trainee
-    settings = dict(optimizer=optimizer, lr=0.01, momentum=0.9 if optimizer == "sgd" else None)
-    run = Run(torch.device("cuda"))
-    torch.manual_seed(0)
-    nets = [convtri.convert(convtri.models.LeNet("modern"), fuse=True) for _ in range(2)]
-    nets[1].load_state_dict(nets[0].state_dict())
-    eager, graphed = Trainee(nets[0], settings, run), Trainee(nets[1], settings, run, cuda_graph=True)
-    batches = [(torch.randn(32, 1, 28, 28, device="cuda"), torch.randint(0, 10, (32,), device="cuda"))
-               for _ in range(6)] + [(torch.randn(8, 1, 28, 28, device="cuda"), torch.randint(0, 10, (8,), device="cuda"))]
-    for x, y in batches:
-        eager.step(x, y)
-        graphed.step(x, y)
-        assert eager.loss_sum.item() == pytest.approx(graphed.loss_sum.item(), rel=1e-4, abs=1e-5)
-    assert graphed.graph is not None and graphed.graph.fits(*batches[0])
-    for p, q in zip(eager.net.parameters(), graphed.net.parameters()):
-        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
-
-
-@pytest.mark.gpu
-def test_reduce_overhead_compile_of_a_converted_model():
-    torch.manual_seed(0)
-    model = convtri.convert(convtri.models.LeNet("modern"), fuse=True).cuda()
-    compiled = torch.compile(model, mode="reduce-overhead")
-    x = torch.randn(16, 1, 28, 28, device="cuda")
-    for _ in range(3):  # warm-up, then replays of the recorded graph
-        y = compiled(x)
-        y.sum().backward()
-    torch.testing.assert_close(y, model(x), rtol=1e-3, atol=1e-3)

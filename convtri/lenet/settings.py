@@ -5,8 +5,8 @@ import os
 from datetime import datetime
 from pathlib import Path
 
-from convtri import checkpoint, data
-from convtri.command import CommandError, UsageError
+from convtri.lenet import checkpoint, data
+from convtri.lenet.command import CommandError, UsageError
 
 # Hyper-parameters per (dataset, variant), each chosen to learn within minutes on 2 CPU cores
 # through Triton's interpreter: the sigmoid LeNet ("d2l") sits at chance for hundreds of plain

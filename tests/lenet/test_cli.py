@@ -16,10 +16,10 @@ import urllib.error
 import pytest
 import torch
 
-from convtri import checkpoint, data, settings, training
-from convtri.cli import main
-from convtri.command import CommandError
-from convtri.models import LeNet, TorchLeNet
+from convtri.lenet import checkpoint, data, settings, training
+from convtri.lenet.cli import main
+from convtri.lenet.command import CommandError
+from convtri.lenet.models import LeNet, TorchLeNet
 from idx_files import digits_as_fashion_mnist
 
 pytest.importorskip("sklearn")  # the offline default dataset

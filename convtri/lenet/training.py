@@ -15,14 +15,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from convtri import checkpoint, data
-from convtri.command import CommandError, UsageError, pick_device
-from convtri.figures import plot_curves, plot_filters
-from convtri.convert import convert
+from convtri import convert
 from convtri.graphs import GraphedStep
-from convtri.models import LeNet, TorchLeNet
-from convtri.settings import (EVAL_OPTIONS, RESUME_OPTIONS, check_options, check_out, describe, load_data,
-                              read_saved, resolve, resume_settings)
+from convtri.lenet import checkpoint, data
+from convtri.lenet.command import CommandError, UsageError, pick_device
+from convtri.lenet.figures import plot_curves, plot_filters
+from convtri.lenet.models import LeNet, TorchLeNet
+from convtri.lenet.settings import (EVAL_OPTIONS, RESUME_OPTIONS, check_options, check_out, describe, load_data,
+                                    read_saved, resolve, resume_settings)
 
 LONG_RUN_S = 600  # a CPU run estimated longer than this says so, and how to shorten it
 ESTIMATE_AFTER_BATCHES, ESTIMATE_AFTER_S = 4, 10.0  # the first estimate: after this many batches or seconds

@@ -11,7 +11,7 @@ import time
 import torch
 
 import convtri
-from convtri.command import CommandError, UsageError, pick_device, versions
+from convtri.lenet.command import CommandError, UsageError, pick_device, versions
 
 
 def demo(args) -> int:
@@ -58,7 +58,7 @@ def demo(args) -> int:
 
 
 def lenet(args) -> int:
-    from convtri.training import lenet as train_lenet
+    from convtri.lenet.training import lenet as train_lenet
     train_lenet(args)
     return 0
 
@@ -100,9 +100,9 @@ def number(kind, low, high=None, low_ok=True):
 
 
 def add_lenet_parser(commands, common):
-    from convtri.data import DATASETS, DEFAULT_ROOT
-    from convtri.models import VARIANTS
-    from convtri.settings import CPU_LIMIT, DEFAULT_VARIANT, OPTIMIZERS, RECIPES
+    from convtri.lenet.data import DATASETS, DEFAULT_ROOT
+    from convtri.lenet.models import VARIANTS
+    from convtri.lenet.settings import CPU_LIMIT, DEFAULT_VARIANT, OPTIMIZERS, RECIPES
     recipes = "\n".join(f"  {dataset:14} {variant:7} " + ", ".join(
         f"{key.replace('_', ' ')} {value:g}" if isinstance(value, float) else f"{key.replace('_', ' ')} {value}"
         for key, value in recipe.items() if value is not None) for (dataset, variant), recipe in RECIPES.items())

@@ -1,4 +1,4 @@
-"""convtri.data on small IDX files written here, a fake opener for downloads, and scikit-learn's digits.
+"""convtri.lenet.data on small IDX files written here, a fake opener for downloads, and scikit-learn's digits.
 
 No test touches the network: every download goes through a monkeypatched urlopen.
 """
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from convtri import data
+from convtri.lenet import data
 from idx_files import idx_bytes, write_files
 
 SPLIT_SIZES = {"train": 5, "t10k": 3}  # examples per split in the synthetic files

@@ -4,7 +4,7 @@ import struct
 
 import numpy as np
 
-from convtri import data
+from convtri.lenet import data
 
 
 def idx_bytes(magic, array):
@@ -21,7 +21,7 @@ def write_files(directory, files, gz):
 
 
 def digits_as_fashion_mnist(directory):
-    """scikit-learn's digits (already 28x28 in convtri.data) written as Fashion-MNIST's four gz
+    """scikit-learn's digits (already 28x28 in convtri.lenet.data) written as Fashion-MNIST's four gz
     files: CI has neither the network nor Fashion-MNIST, so the tests that need a learnable
     dataset behind the real Fashion-MNIST loading path use these."""
     files = {}

@@ -10,9 +10,10 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from convtri import training
-from convtri.command import CommandError
-from convtri.models import TorchLeNet
+import convtri
+from convtri.lenet import training
+from convtri.lenet.command import CommandError
+from convtri.lenet.models import LeNet, TorchLeNet
 
 ADAM = dict(optimizer="adam", lr=0.003, momentum=None)
 SGD = dict(optimizer="sgd", lr=0.02, momentum=0.9)
@@ -159,3 +160,27 @@ def test_non_finite_loss_caught_at_the_next_check(monkeypatch):
     with pytest.raises(CommandError, match=r"the loss became inf in epoch 1, batches 9-16: .* lower --lr"):
         run_epoch(trainee, 20)
     assert len(steps) == 16 and training.CHECK_EVERY == 8
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_cuda_graph_training_matches_eager(optimizer):
+    """`convtri lenet --cuda-graph`: after its eager steps the whole step is captured and
+    replayed; the parameters follow the eager run's, batch after batch, a smaller last
+    batch included."""
+    from convtri.lenet.training import Run, Trainee
+    settings = dict(optimizer=optimizer, lr=0.01, momentum=0.9 if optimizer == "sgd" else None)
+    run = Run(torch.device("cuda"))
+    torch.manual_seed(0)
+    nets = [convtri.convert(LeNet("modern"), fuse=True) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    eager, graphed = Trainee(nets[0], settings, run), Trainee(nets[1], settings, run, cuda_graph=True)
+    batches = [(torch.randn(32, 1, 28, 28, device="cuda"), torch.randint(0, 10, (32,), device="cuda"))
+               for _ in range(6)] + [(torch.randn(8, 1, 28, 28, device="cuda"), torch.randint(0, 10, (8,), device="cuda"))]
+    for x, y in batches:
+        eager.step(x, y)
+        graphed.step(x, y)
+        assert eager.loss_sum.item() == pytest.approx(graphed.loss_sum.item(), rel=1e-4, abs=1e-5)
+    assert graphed.graph is not None and graphed.graph.fits(*batches[0])
+    for p, q in zip(eager.net.parameters(), graphed.net.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)

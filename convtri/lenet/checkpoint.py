@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 
 import convtri.nn as cnn
-from convtri.command import versions
-from convtri.models import LeNet
+from convtri.lenet.command import versions
+from convtri.lenet.models import LeNet
 
 LENET_FORMAT = "convtri-lenet"  # lenet.pt
 CHECKPOINT_FORMAT = "convtri-lenet-checkpoint"  # checkpoint.pt: lenet.pt's keys, the optimizers and the metrics
