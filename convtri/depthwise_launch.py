@@ -24,10 +24,10 @@ def is_direct(groups, c_per_group, k_per_group):
     depthwise.csv), while the direct kernels move each byte once. groups == 1 stays a GEMM,
     whose N is every output channel. Small groups on both sides (ResNeXt's 4 x 4) stay GEMMs:
     there a direct kernel reads a group's input channels as scalars (no 16-byte loads) and does
-    C_G x R x S FMAs per output. Compiled for sm_90 (fp16, channels_last, rnx50_g32_128_56,
-    perf/results/aot/depthwise.md) its forward issues 178-271 SASS instructions per output,
-    spilling from 64 x 64 tiles, against the GEMM's 257 with its reduction on tensor cores: no
-    clear win to move them for, until a GPU measures both."""
+    C_G x R x S FMAs per output. Compiled for sm_90 (fp16, channels_last, rnx50_g32_128_56:
+    perf/results/aot/depthwise-resnext-direct.md) its forward issues 178-271 SASS
+    instructions per output, spilling from 64 x 64 tiles, against the GEMM's 257 with its
+    reduction on tensor cores: no clear win to move them for, until a GPU measures both."""
     return groups > 1 and min(c_per_group, k_per_group) == 1
 
 

@@ -366,7 +366,7 @@ WGRAD_SHAPES = [(128, 16, 4), (64, 32, 4), (32, 64, 4), (128, 8, 4), (64, 16, 4)
 # forward and input gradient load in flight (elements per thread x their dtype, per tap), what
 # the weight gradient accumulates (as many fp32 per tap). In NCHW an element loads alone, with
 # an address of its own: it counts NCHW_COST times. Compiled for sm_90 (fp16,
-# perf/results/aot/depthwise.md, triton 3.6 and 3.9): channels_last 3x3 forwards with 32
+# perf/results/aot/README.md, triton 3.6 and 3.9): channels_last 3x3 forwards with 32
 # outputs per thread (576 bytes) took 192-245 registers without spills, 64 per thread spilled
 # 144 bytes; NCHW 3x3 tiles spilled from 16 outputs per thread, none at 8. Under triton 3.9's
 # ptxas (13.4) these kernels spilled 8-272 bytes at 72-128 registers, where triton 3.6's (ptxas

@@ -13,7 +13,7 @@ from aot import LAYERS, aot_report
 
 DIRECT = ("depthwise_fwd", "depthwise_dgrad", "depthwise_wgrad")
 # Bytes a program's tile and window halo move per output over the minimum: the largest tiles
-# (perf/results/aot/depthwise.md) stay within it; every config within the looser bound (a tile
+# (perf/results/aot/depthwise-after.md) stay within it; every config within the looser bound (a tile
 # of 16 pixels under a 7x7 window reads 7 x 22 of them: 5.3; neighbours share that halo in L2)
 TRAFFIC_BOUND = {"largest": 2.1, "every": 6.0}
 LAYER_NAMES = ["mbv2_dw_32_112", "mbv2_dw_96_112s2", "mbv2_dw_960_7", "effb0_dw5_144_56s2", "effb0_dw5_672_14",
