@@ -59,21 +59,23 @@ class DepthwiseForward(Forward):
     def _launch(self, x, w, b, geom, sizes, activation, save):
         n, c, h, wd, k, p, q, r, s = sizes
         y = self.y.gemm
-        channels_last, blocks, grid, tuning = _tiles(x, y.size, y.stride, kernels.depthwise_configs,
-                                                     kernels.depthwise_fwd_prune)
-        run = kernels.FORWARD_RUN if channels_last and s > 1 and q > 1 else 1
-        if run > 1:  # channels_last runs of ``run`` output columns
-            runs = n * p * triton.cdiv(q, run)
-            blocks = dict(blocks, BLOCK_A=block(runs, blocks["BLOCK_A"]))
-            grid = lambda meta: (triton.cdiv(runs, meta["BLOCK_A"]), triton.cdiv(k, meta["BLOCK_B"]))
+        channels_last, blocks, _, tuning = _tiles(x, y.size, y.stride, kernels.depthwise_fwd_configs,
+                                                  kernels.depthwise_fwd_prune)
+        # RUN output columns (channels_last) or rows (NCHW) per tile row: a config's, on CPU the
+        # last the launch can take
+        blocks["RUN"] = kernels.run_choices(dict(CHANNELS_LAST=channels_last, R=r, S=s, P=p, Q=q))[-1]
+        rows = ((lambda run: n * p * triton.cdiv(q, run)) if channels_last else
+                (lambda run: n * k * triton.cdiv(p, run)))
+        width = k if channels_last else q
         # One program: a tile of y, output pixels (or runs of output columns) x channels, or
-        # output rows x columns.
+        # output rows (or runs of them) x columns.
+        grid = lambda meta: (triton.cdiv(rows(meta["RUN"]), meta["BLOCK_A"]), triton.cdiv(width, meta["BLOCK_B"]))
         return Launch(kernels.depthwise_fwd_kernel, grid,
                       (n, c, h, wd, k, p, q, *x.stride(), *w.stride(), *y.stride, b.stride(0) if b is not None else 0),
                       blocks, tuning, **_window(geom, r, s), C_G=c // geom.groups, K_G=k // geom.groups,
                       HAS_BIAS=b is not None, PAD_MODE=geom.pad_mode, ACTIVATION=activation, SAVE_PREACTIVATION=save,
                       CHANNELS_LAST=channels_last, ALIGN_X=_align(channels_last, _layout(x)),
-                      ALIGN_Y=_align(channels_last, (y.size, y.stride)), RUN=run)
+                      ALIGN_Y=_align(channels_last, (y.size, y.stride)))
 
 
 class DepthwiseDgrad(Dgrad):
@@ -87,7 +89,7 @@ class DepthwiseDgrad(Dgrad):
         n, c, h, wd = dx.size
         k, c_per_group, r, s = w.shape
         p, q = dy.shape[2:]
-        channels_last, blocks, grid, tuning = _tiles(dy, dx.size, dx.stride, kernels.depthwise_configs,
+        channels_last, blocks, grid, tuning = _tiles(dy, dx.size, dx.stride, kernels.depthwise_dgrad_configs,
                                                      kernels.depthwise_dgrad_prune)
         window = _window(geom, r, s)
         cover = [1 if st >= d * (kk - 1) + 1 else kk for kk, st, d in zip((r, s), geom.stride, geom.dilation)]

@@ -102,19 +102,20 @@ def depthwise_fwd_kernel(
     """y[n, k, p, q] = act(b[k] + sum_{j, r, s} x[n, (k // K_G)*C_G + j, h(p, r), w(q, s)] * w[k, j, r, s]).
 
     One program computes a [BLOCK_A, BLOCK_B] tile of y: output pixels x channels
-    (CHANNELS_LAST) or output rows (n, k, p) x columns; with RUN > 1 (channels_last) BLOCK_A
-    runs of RUN output columns x channels (``_forward_runs``). With SAVE_PREACTIVATION it also
-    writes z, the sum before the activation, which the backward of an activation whose
-    derivative the output does not give (SiLU, GELU) reads. Grid: (cdiv(N*P*Q, BLOCK_A),
-    cdiv(K, BLOCK_B)), (cdiv(N*P*cdiv(Q, RUN), BLOCK_A), cdiv(K, BLOCK_B)) or
-    (cdiv(N*K*P, BLOCK_A), cdiv(Q, BLOCK_B)). ALIGN_X, ALIGN_Y: as the pooling kernels'.
+    (CHANNELS_LAST) or output rows (n, k, p) x columns; with RUN > 1 BLOCK_A runs of RUN output
+    columns x channels, or of RUN output rows x columns (``_forward_runs``). With
+    SAVE_PREACTIVATION it also writes z, the sum before the activation, which the backward of an
+    activation whose derivative the output does not give (SiLU, GELU) reads. Grid:
+    (cdiv(N*P*Q, BLOCK_A), cdiv(K, BLOCK_B)) or (cdiv(N*K*P, BLOCK_A), cdiv(Q, BLOCK_B)); with
+    runs cdiv(Q, RUN) in place of Q (channels_last), cdiv(P, RUN) in place of P (NCHW).
+    ALIGN_X, ALIGN_Y: as the pooling kernels'.
     x: (N, C, H, W), w: (K, C_G, R, S), b: (K,), y, z: (N, K, P, Q).
     """
     if RUN > 1:
         _forward_runs(x_ptr, w_ptr, b_ptr, y_ptr, z_ptr, N, H, W, K, P, Q, stride_xn, stride_xc, stride_xh, stride_xw,
                       stride_wk, stride_wc, stride_wr, stride_ws, stride_yn, stride_yk, stride_yp, stride_yq, stride_b,
                       R, S, SH, SW, PH, PW, DH, DW, C_G, K_G, HAS_BIAS, PAD_MODE, ACTIVATION, SAVE_PREACTIVATION,
-                      ALIGN_X, ALIGN_Y, RUN, BLOCK_A, BLOCK_B)
+                      CHANNELS_LAST, ALIGN_X, ALIGN_Y, RUN, BLOCK_A, BLOCK_B)
         return
     n, k, p, q, a_ok, b_ok = tile_coords(N, K, P, Q, CHANNELS_LAST, ALIGN_Y, BLOCK_A, BLOCK_B)
     tile_ok = a_ok & b_ok
@@ -150,47 +151,71 @@ def _forward_runs(x_ptr, w_ptr, b_ptr, y_ptr, z_ptr, N, H, W, K, P, Q, stride_xn
                   R: tl.constexpr, S: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr,
                   PW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr, C_G: tl.constexpr, K_G: tl.constexpr,
                   HAS_BIAS: tl.constexpr, PAD_MODE: tl.constexpr, ACTIVATION: tl.constexpr,
-                  SAVE_PREACTIVATION: tl.constexpr, ALIGN_X: tl.constexpr, ALIGN_Y: tl.constexpr, RUN: tl.constexpr,
-                  BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr):
-    """depthwise_fwd_kernel's channels_last tile as runs: BLOCK_A runs of RUN consecutive output
-    columns (n, p, q0 .. q0 + RUN - 1) x BLOCK_B channels. Per kernel row, the SPAN input columns
-    that the run's windows cover are each loaded and widened once and shared by the taps that
-    read them (RUN x S taps from SPAN = (RUN - 1)*SW + (S - 1)*DW + 1 loads, where tiles of
-    single pixels load RUN x S), and the row's S weights once for the run."""
-    runs = tl.cdiv(Q, RUN)
+                  SAVE_PREACTIVATION: tl.constexpr, CHANNELS_LAST: tl.constexpr, ALIGN_X: tl.constexpr,
+                  ALIGN_Y: tl.constexpr, RUN: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr):
+    """depthwise_fwd_kernel's tile as runs of RUN consecutive outputs along the axis that is not
+    the tile's contiguous one: in channels_last BLOCK_A runs of output columns (n, p, q0 ..
+    q0 + RUN - 1) x BLOCK_B channels, in NCHW BLOCK_A runs of output rows (n, k, p0 .. p0 + RUN
+    - 1) x BLOCK_B columns. For each tap across the runs (a kernel row in channels_last, a
+    kernel column in NCHW), the SPAN input columns (rows) that the runs' windows cover are each
+    loaded and widened once and shared by the taps that read them: RUN x taps from SPAN =
+    (RUN - 1)*stride + (taps - 1)*dilation + 1 loads, where single outputs load RUN x taps;
+    weights are loaded once per run."""
+    # the run's axis: along (stride, dilation, taps); across: the other kernel axis
+    STEP: tl.constexpr = SW if CHANNELS_LAST else SH
+    DIL: tl.constexpr = DW if CHANNELS_LAST else DH
+    ALONG: tl.constexpr = S if CHANNELS_LAST else R
+    ACROSS: tl.constexpr = R if CHANNELS_LAST else S
+    SPAN: tl.constexpr = (RUN - 1) * STEP + (ALONG - 1) * DIL + 1
     a = tl.program_id(0) * BLOCK_A + tl.arange(0, BLOCK_A)
-    kk = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
-    n, p, q0 = (a // (P * runs))[:, None], ((a // runs) % P)[:, None], ((a % runs) * RUN)[:, None]
-    k = kk[None, :]
-    a_ok, k_ok = (a < N * P * runs)[:, None], below(kk, K, ALIGN_Y)[None, :]
-    SPAN: tl.constexpr = (RUN - 1) * SW + (S - 1) * DW + 1
+    b = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
+    if CHANNELS_LAST:  # runs (n, p, q0), channels k
+        runs = tl.cdiv(Q, RUN)
+        n, p, q = (a // (P * runs))[:, None], ((a // runs) % P)[:, None], ((a % runs) * RUN)[:, None]
+        k = b[None, :]
+        a_ok, b_ok = (a < N * P * runs)[:, None], below(b, K, ALIGN_Y)[None, :]
+        k_ok = b_ok
+    else:  # runs (n, k, p0), columns q
+        runs = tl.cdiv(P, RUN)
+        n, k, p = (a // (K * runs))[:, None], ((a // runs) % K)[:, None], ((a % runs) * RUN)[:, None]
+        q = b[None, :]
+        a_ok, b_ok = (a < N * K * runs)[:, None], (b < Q)[None, :]
+        k_ok = a_ok
     ACC_TYPE: tl.constexpr = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
     accs = (tl.zeros((BLOCK_A, BLOCK_B), dtype=ACC_TYPE),) * RUN
     w_k = w_ptr + k.to(tl.int64) * stride_wk
     for j in range(C_G):
         c = group_channel(k, j, K_G, C_G)
-        for r in tl.range(R, loop_unroll_factor=R if R * S <= UNROLLED_TAPS else 1):  # as ``unrolled_taps``
+        for u in tl.range(ACROSS, loop_unroll_factor=ACROSS if R * S <= UNROLLED_TAPS else 1):  # as unrolled_taps
             taps = ()
-            for s in tl.static_range(S):
+            for i in tl.static_range(ALONG):
+                r, s = (u, i) if CHANNELS_LAST else (i, u)
                 taps = taps + (tl.load(w_k + (j * stride_wc + r * stride_wr + s * stride_ws), mask=k_ok,
                                        other=0.).to(ACC_TYPE),)
-            columns = ()
-            for o in tl.static_range(SPAN):  # input column q0*SW - PW + o of the run's row
-                x_offsets, x_ok = tap_offsets(n, c, p, q0, r, o, H, W, stride_xn, stride_xc, stride_xh, stride_xw,
-                                              SH, SW, PH, PW, DH, 1, PAD_MODE, ALIGN_X, True)
-                columns = columns + (tl.load(x_ptr + x_offsets, mask=a_ok & k_ok & x_ok, other=0.).to(ACC_TYPE),)
+            lines = ()
+            for o in tl.static_range(SPAN):  # input column q0*SW - PW + o (row p0*SH - PH + o) of the runs
+                if CHANNELS_LAST:
+                    x_offsets, x_ok = tap_offsets(n, c, p, q, u, o, H, W, stride_xn, stride_xc, stride_xh, stride_xw,
+                                                  SH, SW, PH, PW, DH, 1, PAD_MODE, ALIGN_X, True)
+                else:
+                    x_offsets, x_ok = tap_offsets(n, c, p, q, o, u, H, W, stride_xn, stride_xc, stride_xh, stride_xw,
+                                                  SH, SW, PH, PW, 1, DW, PAD_MODE, ALIGN_X, False)
+                lines = lines + (tl.load(x_ptr + x_offsets, mask=a_ok & b_ok & x_ok, other=0.).to(ACC_TYPE),)
             updated = ()
             for t in tl.static_range(RUN):
                 acc = accs[t]
-                for s in tl.static_range(S):
-                    acc += columns[t * SW + s * DW] * taps[s]
+                for i in tl.static_range(ALONG):
+                    acc += lines[t * STEP + i * DIL] * taps[i]
                 updated = updated + (acc,)
             accs = updated
     bias = tl.load(b_ptr + k * stride_b, mask=k_ok, other=0.).to(ACC_TYPE) if HAS_BIAS else 0.
     for t in tl.static_range(RUN):
-        q = q0 + t
-        y_offsets = offsets(n, k, p, q, stride_yn, stride_yk, stride_yp, stride_yq, ALIGN_Y, True)
-        _store_output(accs[t] + bias, y_ptr, z_ptr, y_offsets, a_ok & k_ok & (q < Q), ACTIVATION,
+        if CHANNELS_LAST:
+            p_t, q_t = p, q + t
+        else:
+            p_t, q_t = p + t, q
+        y_offsets = offsets(n, k, p_t, q_t, stride_yn, stride_yk, stride_yp, stride_yq, ALIGN_Y, CHANNELS_LAST)
+        _store_output(accs[t] + bias, y_ptr, z_ptr, y_offsets, a_ok & b_ok & (p_t < P) & (q_t < Q), ACTIVATION,
                       SAVE_PREACTIVATION)
 
 
@@ -378,13 +403,23 @@ THREAD_BYTES = 576
 # at 16 elements per thread its 5x5 and 7x7 rows (768 and 896 bytes) took 223 and 251
 # registers without spills, its 3x3 windows (all rows unrolled, 1408 bytes) spilled 8-48 bytes
 RUN_THREAD_BYTES = 1024
+# NCHW runs hold an address per loaded element too: compiled for sm_90 and sm_80, their tiles of
+# 16 elements per thread spilled 500-4,300 bytes on 5x5 and 7x7 windows; of 8, none on 3x3 and
+# 7x7 layers of 56x56, 16-700 bytes on strided 3x3 and 5x5 (single-output NCHW tiles, which the
+# autotuner also tries there, spill none)
+NCHW_RUN_ELEMENTS = 8
 NCHW_COST = 4
 MAX_REGISTERS = 255
 # A thread's share of a channels_last tile holds at least one 16-byte vector along channels:
 # narrower shares load 8 bytes at a time (4 fp16 per thread of 32x16 and 64x8 tiles, sm_80/90)
 VECTOR_BYTES = 16
-# Output columns a channels_last forward program computes in a run, sharing each input column
-# its windows read (``_forward_runs``)
+# Outputs a forward program computes in a run (output columns in channels_last, rows in NCHW),
+# sharing each input column (row) its windows read (``_forward_runs``). Compiled for sm_90
+# (fp16, perf/results/aot/README.md) runs issued fewer instructions per output everywhere:
+# channels_last 46.5 -> 35 (3x3), 117.5 -> 66 (5x5), 214 -> 117 (7x7), all without spills, so
+# channels_last tiles run in runs; NCHW 78 -> 39 (3x3), 180 -> 90 (3x3/2), 316-423 -> 195-205
+# (5x5), 716 -> 335 (7x7), but several of its run tiles spill 240-600 bytes, so NCHW tries both
+# and the autotuner picks.
 FORWARD_RUN = 4
 # Taps a weight-gradient program accumulates: whole kernel rows of up to this many taps (a 3x3
 # window at once, 5x5 and 7x7 a row at a time), so that a tile of two fp16 vectors per thread
@@ -393,11 +428,17 @@ WGRAD_MAX_TAPS = 9
 KEY = ("N", "C", "H", "W", "K", "P", "Q", "R", "S", "SH", "SW", "C_G", "K_G", "CHANNELS_LAST")
 
 
-def _configs(shapes):
-    return [triton.Config({"BLOCK_A": a, "BLOCK_B": b}, num_warps=warps, maxnreg=MAX_REGISTERS) for a, b, warps in shapes]
+def _configs(shapes, runs=(None,)):
+    return [triton.Config({"BLOCK_A": a, "BLOCK_B": b, **({} if run is None else {"RUN": run})}, num_warps=warps,
+                          maxnreg=MAX_REGISTERS) for run in runs for a, b, warps in shapes]
 
 
-def depthwise_configs(capability):
+def depthwise_fwd_configs(capability):
+    """The forward's tiles, each with single outputs (RUN = 1) and with runs (``run_choices``)."""
+    return _configs(SHAPES, (1, FORWARD_RUN))
+
+
+def depthwise_dgrad_configs(capability):
     return _configs(SHAPES)
 
 
@@ -417,26 +458,41 @@ def _prune_to(axis_a, axis_b, tap_bytes, pointer):
     thread, and at least the smallest tile. The extents and bytes are functions of the kernel's arguments (``pointer``'s dtype)."""
     def prune(configs, named_args, **kwargs):
         args = {**named_args, **kwargs}
-        a, b = axis_a(args), axis_b(args)
-        layout_cost = 1 if args["CHANNELS_LAST"] else NCHW_COST
+        b = axis_b(args)
         least = VECTOR_BYTES // args[pointer].dtype.itemsize if args["CHANNELS_LAST"] else 1
-        budget = RUN_THREAD_BYTES if args.get("RUN", 1) > 1 else THREAD_BYTES
 
         def fits(cfg):
             per_thread = cfg.kwargs["BLOCK_A"] * cfg.kwargs["BLOCK_B"] // (32 * cfg.num_warps)
-            return (cfg.kwargs["BLOCK_A"] <= max(16, 2 * triton.next_power_of_2(a))
+            run = cfg.kwargs.get("RUN", 1)
+            budget = RUN_THREAD_BYTES if run > 1 else THREAD_BYTES
+            # NCHW's scalar loads in flight each hold an address; runs hold widened values instead
+            layout_cost = 1 if args["CHANNELS_LAST"] or run > 1 else NCHW_COST
+            return (cfg.kwargs["BLOCK_A"] <= max(16, 2 * triton.next_power_of_2(axis_a({**args, "RUN": run})))
                     and cfg.kwargs["BLOCK_B"] <= max(8, 2 * triton.next_power_of_2(b))
-                    and per_thread * tap_bytes(args) * layout_cost <= budget and per_thread >= least)
+                    and per_thread * tap_bytes({**args, "RUN": run}) * layout_cost <= budget and per_thread >= least
+                    and (args["CHANNELS_LAST"] or run == 1 or per_thread <= NCHW_RUN_ELEMENTS)
+                    and ("RUN" not in cfg.kwargs or run in run_choices(args)))
         kept = [cfg for cfg in configs if fits(cfg)]
-        return kept or [min(configs, key=lambda cfg: cfg.kwargs["BLOCK_A"] * cfg.kwargs["BLOCK_B"])]
+        return kept or [min((cfg for cfg in configs if cfg.kwargs.get("RUN", 1) in run_choices(args)),
+                            key=lambda cfg: cfg.kwargs["BLOCK_A"] * cfg.kwargs["BLOCK_B"])]
     return lambda capability: prune
+
+
+def run_choices(a):
+    """The RUN a forward launch can take (FORWARD_RUN): runs where windows overlap along the
+    run's axis (output columns in channels_last, rows in NCHW) and it holds more than one
+    output; in channels_last only runs, in NCHW both."""
+    along, outputs = ("S", "Q") if a["CHANNELS_LAST"] else ("R", "P")
+    if a[along] == 1 or a[outputs] == 1:
+        return (1,)
+    return (FORWARD_RUN,) if a["CHANNELS_LAST"] else (1, FORWARD_RUN)
 
 
 def _fwd_axes(out_c, out_h, out_w):
     """A forward-style tile's extents (axis 0, axis 1) over an (N, out_c, out_h, out_w) output:
-    pixels (or runs of RUN columns) x channels, or rows x columns."""
+    pixels (or runs of RUN columns) x channels, or rows (or runs of RUN rows) x columns."""
     return (lambda a: (a["N"] * a[out_h] * triton.cdiv(a[out_w], a.get("RUN", 1)) if a["CHANNELS_LAST"]
-                       else a["N"] * a[out_c] * a[out_h]),
+                       else a["N"] * a[out_c] * triton.cdiv(a[out_h], a.get("RUN", 1))),
             lambda a: a[out_c] if a["CHANNELS_LAST"] else a[out_w])
 
 
@@ -446,9 +502,12 @@ def _loaded(pointer, rows, columns, row_loop_cost=1.):
     (RUN > 1) holds, per run and kernel row, its SPAN widened input columns and RUN accumulators."""
     def loaded(a):
         taps = unrolled_taps(a[rows], a[columns])
-        if a.get("RUN", 1) > 1:  # RUN accumulators, and SPAN widened columns per kernel row unrolled
-            span = (a["RUN"] - 1) * a["SW"] + (a["S"] - 1) * a["DW"] + 1
-            return max(4, a[pointer].dtype.itemsize) * (a["RUN"] + span * (taps // a["S"]))
+        if a.get("RUN", 1) > 1:  # RUN accumulators, and SPAN widened lines per tap across the runs unrolled
+            along, across = ("S", "R") if a["CHANNELS_LAST"] else ("R", "S")
+            step, dil = ("SW", "DW") if a["CHANNELS_LAST"] else ("SH", "DH")
+            span = (a["RUN"] - 1) * a[step] + (a[along] - 1) * a[dil] + 1
+            unrolled = a[across] if a["R"] * a["S"] <= UNROLLED_TAPS else 1
+            return max(4, a[pointer].dtype.itemsize) * (a["RUN"] + span * unrolled)
         cost = row_loop_cost if taps < a[rows] * a[columns] else 1.
         return a[pointer].dtype.itemsize * taps * cost
     return loaded

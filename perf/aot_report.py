@@ -207,7 +207,8 @@ class Check:
 
     @property
     def config(self):
-        return f"{'x'.join(map(str, self.tile))} w{self.options['num_warps']} s{self.options['num_stages']}"
+        run = f" r{self.constexpr('RUN')}" if (self.constexpr("RUN") or 1) > 1 else ""  # a depthwise forward in runs
+        return f"{'x'.join(map(str, self.tile))}{run} w{self.options['num_warps']} s{self.options['num_stages']}"
 
     def specialisation(self):
         """The int arguments that Triton made constants (=1) and those it marks divisible by 16."""
