@@ -14,7 +14,9 @@ The window (R, S, stride, padding, dilation) and C_G, K_G are compile-time const
 unroll and the divisions by stride and group sizes fold. Tiles follow the pooling kernels'
 (kernels/pool2d.py: ``tile_coords``, ``offsets``): pixels x channels in channels_last, so loads
 and stores are 16-byte vectors along C; rows x columns of channel planes in NCHW, vectors along W.
-Padding modes map coordinates through ``padded_index`` as the GEMM kernels do.
+The forward can compute runs of outputs along the other axis, sharing the input lines their
+windows read (``_forward_runs``). Padding modes map coordinates through ``padded_index`` as the
+GEMM kernels do.
 """
 import triton
 import triton.language as tl
