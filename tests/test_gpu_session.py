@@ -198,7 +198,7 @@ def test_compile_stage_compiles_for_the_gpu_the_env_stage_found(tmp_path, monkey
     hold the start of a process importing torch and Triton: 6 s on a busy 2-core machine.)"""
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "cache"))
     lines = []
-    session = SimpleNamespace(scratch=str(tmp_path), log=lines.append,
+    session = SimpleNamespace(scratch=str(tmp_path), log=lambda text, echo_prefix="": lines.append(text),
                               data=dict(environment=dict(capability="9.0", sm_count=132)))
     stage = next(s for s in gpu_session.STAGES if s.name == "compile")
     start = time.time()
